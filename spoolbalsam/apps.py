@@ -1,0 +1,231 @@
+"""App definitions: ``apps/NAME.yml`` that any language can write.
+
+::
+
+    # apps/EchoHello.yml
+    description: Say hello from a GPU tile
+    command_template: echo Hello, {{ say_hello_to }}! ZE_AFFINITY_MASK=$ZE_AFFINITY_MASK
+    parameters:                       # optional: undeclared template variables are required
+      say_hello_to: {required: true, help: who to greet}
+      greeting: {default: Hello}
+    environment_variables: {OMP_PROC_BIND: spread}
+    shell_preamble: module load frameworks     # string, or a list joined with &&
+    cleanup_files: ["*.tmp"]                   # globs inside the workdir, removed after success
+    retry: {errors: 0, timeouts: 5}            # reruns before FAILED (job.retry overrides)
+    python_class: EchoHello                    # for Python apps: class in apps/NAME.py
+
+Rendering: every parameter value is shell-quoted (``shlex.quote``) *before* Jinja2 sees it,
+so one parameter is always one shell word and a value can never inject commands.
+A command with no shell syntax left after rendering is exec'd directly (no shell started);
+anything else runs under ``/bin/bash -c``.
+"""
+from __future__ import annotations
+
+import re
+import shlex
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+DEFAULT_RETRY = {"errors": 0, "timeouts": 5}
+APP_KEYS = {"name", "description", "command_template", "parameters", "environment_variables",
+            "shell_preamble", "cleanup_files", "retry", "python_class", "python_exe"}
+_SHELL_CHARS = re.compile(r"[$`|&;<>(){}*?\[\]~!#\\\n'\"]")
+
+
+class AppError(ValueError):
+    """One line: ``FILE: field NAME: what is wrong``."""
+
+
+@dataclass
+class App:
+    name: str
+    command_template: str | None
+    parameters: dict = field(default_factory=dict)       # name -> {required, default, help}
+    environment_variables: dict = field(default_factory=dict)
+    shell_preamble: str | None = None
+    cleanup_files: list = field(default_factory=list)
+    retry: dict = field(default_factory=lambda: dict(DEFAULT_RETRY))
+    description: str = ""
+    python_class: str | None = None
+    python_exe: str | None = None
+    source: Path | None = None
+    _template: object = field(default=None, repr=False, compare=False)
+
+    @property
+    def required(self) -> list[str]:
+        return [k for k, v in self.parameters.items() if v.get("required")]
+
+    def check_parameters(self, params: dict) -> str | None:
+        """None if ``params`` suit this app, else a one-line reason naming the parameter."""
+        missing = [k for k in self.required if k not in params]
+        if missing:
+            return f"missing required parameter(s) {', '.join(missing)} of app {self.name}"
+        unknown = [k for k in params if k not in self.parameters]
+        if unknown:
+            known = ", ".join(self.parameters) or "none"
+            return (f"unknown parameter(s) {', '.join(unknown)} for app {self.name} "
+                    f"(it takes: {known})")
+        return None
+
+    def render(self, params: dict) -> str:
+        """The command line for ``params`` (defaults filled in, every value shell-quoted)."""
+        values = {k: v["default"] for k, v in self.parameters.items() if "default" in v}
+        values.update(params)
+        quoted = {k: shlex.quote(v if isinstance(v, str) else _plain(v)) for k, v in values.items()}
+        if self._template is None:
+            self._template = _jinja().from_string(self.command_template)
+        return self._template.render(**quoted)
+
+
+def _plain(v) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, (dict, list)):
+        import orjson
+        return orjson.dumps(v).decode()
+    return str(v)
+
+
+_ENV = None
+
+
+def _jinja():
+    global _ENV
+    if _ENV is None:
+        import jinja2
+        _ENV = jinja2.Environment(undefined=jinja2.StrictUndefined, autoescape=False,
+                                  keep_trailing_newline=False)
+    return _ENV
+
+
+def argv_for(command: str) -> list[str]:
+    """Exec the command directly when it has no shell syntax, else through bash."""
+    if not _SHELL_CHARS.search(command):
+        argv = command.split()
+        if argv:
+            return argv
+    return ["/bin/bash", "-c", command]
+
+
+def template_variables(template: str) -> set[str]:
+    import jinja2.meta
+    return set(jinja2.meta.find_undeclared_variables(_jinja().parse(template)))
+
+
+def app_from_dict(d: object, source: str, name: str) -> App:
+    """Validate an app definition; every error names ``source`` and the field."""
+    def bad(fieldname, msg):
+        return AppError(f"{source}: field {fieldname!r}: {msg}")
+    if not isinstance(d, dict):
+        raise AppError(f"{source}: an app definition must be a mapping, got {type(d).__name__}")
+    unknown = set(d) - APP_KEYS
+    if unknown:
+        raise bad(sorted(unknown)[0], f"unknown field; known: {', '.join(sorted(APP_KEYS))}")
+    name = d.get("name", name)
+    if not isinstance(name, str) or not re.match(r"^[A-Za-z_][A-Za-z0-9_.-]*$", name):
+        raise bad("name", f"{name!r} is not a valid app name")
+    tmpl = d.get("command_template")
+    if tmpl is None and not d.get("python_class"):
+        raise bad("command_template", "is required (or python_class for a Python run() app)")
+    if tmpl is not None and (not isinstance(tmpl, str) or not tmpl.strip()):
+        raise bad("command_template", "must be a non-empty string")
+    params_in = d.get("parameters") or {}
+    if not isinstance(params_in, dict):
+        raise bad("parameters", "must be a mapping of name -> {required, default, help}")
+    params = {}
+    for pname, spec in params_in.items():
+        if not isinstance(pname, str) or not pname.isidentifier():
+            raise bad("parameters", f"{pname!r} is not an identifier")
+        if spec is None:
+            spec = {}
+        if not isinstance(spec, dict) or set(spec) - {"required", "default", "help"}:
+            raise bad("parameters", f"{pname}: give a mapping with required/default/help")
+        spec = dict(spec)
+        spec.setdefault("required", "default" not in spec)
+        if spec["required"] and "default" in spec:
+            raise bad("parameters", f"{pname}: a parameter with a default is not required")
+        params[pname] = spec
+    if tmpl is not None:
+        try:
+            used = template_variables(tmpl)
+        except Exception as e:  # jinja2.TemplateSyntaxError
+            raise bad("command_template", f"template error: {e}") from None
+        for var in sorted(used - set(params)):
+            params[var] = {"required": True}
+        unused = sorted(set(params) - used)
+        if unused and not d.get("python_class"):
+            raise bad("parameters", f"{', '.join(unused)} declared but not used in command_template")
+    env = d.get("environment_variables") or {}
+    if not isinstance(env, dict) or not all(isinstance(k, str) for k in env):
+        raise bad("environment_variables", "must be a mapping of NAME: value")
+    env = {k: str(v) for k, v in env.items()}
+    pre = d.get("shell_preamble")
+    if isinstance(pre, list):
+        pre = " && ".join(map(str, pre))
+    if pre is not None and not isinstance(pre, str):
+        raise bad("shell_preamble", "must be a string or a list of strings")
+    cleanup = d.get("cleanup_files") or []
+    if not isinstance(cleanup, list) or not all(isinstance(g, str) for g in cleanup):
+        raise bad("cleanup_files", "must be a list of glob patterns")
+    retry = dict(DEFAULT_RETRY)
+    r = d.get("retry") or {}
+    if not isinstance(r, dict) or set(r) - set(DEFAULT_RETRY) or not all(
+            isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in r.values()):
+        raise bad("retry", "must be {errors: N, timeouts: M} with N, M >= 0")
+    retry.update(r)
+    return App(name=name, command_template=tmpl, parameters=params,
+               environment_variables=env, shell_preamble=pre, cleanup_files=cleanup,
+               retry=retry, description=str(d.get("description") or ""),
+               python_class=d.get("python_class"), python_exe=d.get("python_exe"))
+
+
+def load_app_file(path: Path) -> App:
+    try:
+        d = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark else ""
+        raise AppError(f"{path}:{where} not valid YAML: {getattr(e, 'problem', e)}") from None
+    app = app_from_dict(d, str(path), path.stem)
+    if app.name != path.stem:
+        raise AppError(f"{path}: field 'name': {app.name!r} differs from the file name; "
+                       f"rename the file to {app.name}.yml")
+    app.source = path
+    return app
+
+
+class AppRegistry:
+    """The apps of one site, reloaded when a definition file changes (cheap stat check)."""
+
+    def __init__(self, apps_dir: Path):
+        self.dir = apps_dir
+        self._apps: dict[str, tuple[float, App]] = {}
+        self.errors: dict[str, str] = {}
+
+    def get(self, name: str) -> App | None:
+        path = self.dir / f"{name}.yml"
+        try:
+            mtime = path.stat().st_mtime_ns
+        except FileNotFoundError:
+            self._apps.pop(name, None)
+            return None
+        cached = self._apps.get(name)
+        if cached and cached[0] == mtime:
+            return cached[1]
+        try:
+            app = load_app_file(path)
+        except AppError as e:
+            self.errors[name] = str(e)
+            self._apps.pop(name, None)
+            return None
+        self.errors.pop(name, None)
+        self._apps[name] = (mtime, app)
+        return app
+
+    def names(self) -> list[str]:
+        return sorted(p.stem for p in self.dir.glob("*.yml") if not p.name.startswith("."))
+
+    def all(self) -> list[App]:
+        return [a for a in (self.get(n) for n in self.names()) if a is not None]

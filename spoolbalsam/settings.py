@@ -1,0 +1,143 @@
+"""settings.yml: one file per site, loaded with a safe loader and checked key by key.
+
+Every error is one line naming the file and the dotted key (``settings.yml: launcher.idle_ttl_sec:
+must be a number``).  Keys left out take the defaults below; unknown keys are errors, so a typo
+never silently does nothing.  ``spool site init`` renders ``templates/settings.yml.j2``.
+"""
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import yaml
+
+DEFAULTS: dict = {
+    "site_name": "",
+    "machine": "local",
+    "watch": "auto",                  # auto | inotify | poll  (auto: poll on NFS/Lustre/GPFS/DAOS)
+    "poll_interval_sec": 1.0,         # how often the site looks at the small things when polling
+    "claim_mode": "rename",           # rename | token (O_EXCL token first; for DAOS relaxed mode)
+    "lease_interval_sec": 5.0,        # launcher heartbeat period
+    "lease_stale_sec": 60.0,          # unchanged this long (site's monotonic clock) -> suspect
+    "filter_tags": {},
+    "launcher": {
+        "idle_ttl_sec": 30.0,         # exit after this long with nothing running and nothing ready
+        "delay_sec": 0.002,           # tick when jobs run; idle ticks back off to 0.25 s
+        "error_tail_num_lines": 10,
+        "sigterm_grace_sec": 10.0,    # SIGTERM -> SIGKILL at walltime end
+        "walltime_margin_min": 1.0,   # stop starting/kill jobs this long before the walltime
+        "cpus_per_node": None,        # null: the machine's value (local: os.cpu_count())
+        "gpu_ids": None,              # null: the machine's; local machine: e.g. ["0", ..., "11"]
+        "tile_hierarchy": None,       # Aurora: COMPOSITE | FLAT
+        "mpi_flavour": None,          # pals | hydra | srun
+        "max_mpiexec_per_batch_job": None,
+        "max_concurrent_mpiruns": None,
+        "prefetch": 64,               # ready candidates a launcher reads ahead per bucket
+    },
+    "scheduler": {
+        "sync_period_sec": 10.0,
+        "allowed_queues": {},         # name: {max_nodes, max_walltime, max_queued_jobs}
+        "allowed_projects": [],
+        "optional_batch_job_params": {},
+        "submit_backoff_sec": 60.0,
+    },
+    "elastic": {
+        "enabled": False,
+        "project": "",
+        "queue": "",
+        "job_mode": "mpi",
+        "min_num_nodes": 1,
+        "max_num_nodes": 1,
+        "min_wall_time_min": 10,
+        "max_wall_time_min": 60,
+        "max_queued_jobs": 1,
+        "max_queue_wait_time_min": 60,
+        "service_period_sec": 30,
+    },
+}
+CHOICES = {"watch": ("auto", "inotify", "poll"), "claim_mode": ("rename", "token"),
+           "elastic.job_mode": ("mpi", "serial"),
+           "launcher.tile_hierarchy": (None, "COMPOSITE", "FLAT"),
+           "launcher.mpi_flavour": (None, "pals", "hydra", "srun")}
+FREE_MAPPINGS = {"filter_tags", "scheduler.allowed_queues", "scheduler.optional_batch_job_params"}
+
+
+class SettingsError(ValueError):
+    pass
+
+
+def _check(value, default, key: str, source: str):
+    def bad(msg):
+        return SettingsError(f"{source}: {key}: {msg}")
+    if key in CHOICES:
+        if value not in CHOICES[key]:
+            raise bad(f"{value!r} is not one of {', '.join(map(str, CHOICES[key]))}")
+        return value
+    if key in FREE_MAPPINGS:
+        if not isinstance(value, dict):
+            raise bad("must be a mapping")
+        return value
+    if isinstance(default, dict):
+        if not isinstance(value, dict):
+            raise bad("must be a mapping")
+        out = copy.deepcopy(default)
+        for k, v in value.items():
+            if k not in default:
+                raise bad(f"unknown key {k!r}; known: {', '.join(default)}")
+            out[k] = _check(v, default[k], f"{key}.{k}" if key else k, source)
+        return out
+    if default is None or value is None:
+        return value
+    if isinstance(default, bool):
+        if not isinstance(value, bool):
+            raise bad(f"must be true or false, got {value!r}")
+    elif isinstance(default, (int, float)):
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+            raise bad(f"must be a number >= 0, got {value!r}")
+    elif isinstance(default, str) and not isinstance(value, str):
+        raise bad(f"must be a string, got {value!r}")
+    elif isinstance(default, list) and not isinstance(value, list):
+        raise bad(f"must be a list, got {value!r}")
+    return value
+
+
+def validate(raw: object, source: str) -> dict:
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise SettingsError(f"{source}: must be a YAML mapping of settings")
+    s = _check(raw, DEFAULTS, "", source)
+    for qname, q in s["scheduler"]["allowed_queues"].items():
+        if not isinstance(q, dict) or set(q) - {"max_nodes", "max_walltime", "max_queued_jobs"}:
+            raise SettingsError(f"{source}: scheduler.allowed_queues.{qname}: give max_nodes, "
+                                "max_walltime (minutes) and max_queued_jobs")
+    from .machines import get_machine
+    try:
+        get_machine(s["machine"])
+    except ValueError as e:
+        raise SettingsError(f"{source}: machine: {e}") from None
+    return s
+
+
+def load(path: Path) -> dict:
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise SettingsError(f"{path}: missing; recreate it with `spool site init`") from None
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" line {mark.line + 1}:" if mark else ""
+        raise SettingsError(f"{path}:{where} not valid YAML: {getattr(e, 'problem', e)}") from None
+    return validate(raw, str(path))
+
+
+def render_default(site_name: str, machine: str, **extra) -> str:
+    """settings.yml text for a new site, from templates/settings.yml.j2."""
+    import jinja2
+
+    from .machines import get_machine
+    from .paths import TEMPLATES_DIR
+    m = get_machine(machine)
+    env = jinja2.Environment(loader=jinja2.FileSystemLoader(str(TEMPLATES_DIR)),
+                             undefined=jinja2.StrictUndefined, keep_trailing_newline=True)
+    return env.get_template("settings.yml.j2").render(site_name=site_name, machine=m, **extra)

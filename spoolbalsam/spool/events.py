@@ -1,0 +1,73 @@
+"""Per-writer event logs and the one function that merges an event into a record.
+
+Each launcher appends to ``launchers/L/events.jsonl`` and only to it; the site appends to
+``site/events.jsonl``.  An event is one JSON line::
+
+    {"t": 1764100000.12, "job": ID, "attempt": 2, "to": "RUN_DONE", "by": "L",
+     "return_code": 0, "host": "x4102c5s0b0n0", "started_at": ..., "ended_at": ...}
+
+A launcher writes the event *before* the rename that makes the move visible, so a record's
+details can always be found.  The site merges launcher events into records (rewriting the
+records in done/ and failed/) and remembers in ``site/merged.json`` how far it has read
+each log.  Readers (CLI, API) apply the events past those offsets on top of what they read
+from disk, with the same ``apply_event``, so they show the truth even while the site is
+stopped.  Merging is idempotent: an event already in a record's history is skipped, and an
+event of an older attempt than the record's never changes its state (zombies).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+from . import fsio
+from .layout import Layout
+from .record import transition
+
+DETAIL_FIELDS = ("return_code", "host", "launcher", "batch_job", "started_at", "ended_at",
+                 "error", "placement", "retries", "result", "exception")
+
+
+def already_applied(rec: dict, ev: dict) -> bool:
+    return any(h.get("t") == ev["t"] and h.get("to") == ev["to"] for h in rec.get("history") or ())
+
+
+def apply_event(rec: dict, ev: dict) -> dict:
+    """``rec`` with event ``ev`` merged in (a new dict; ``rec`` is not changed)."""
+    if ev.get("job") != rec.get("id") or already_applied(rec, ev):
+        return rec
+    if ev.get("attempt", 0) < rec.get("attempt", 0):
+        return rec  # a zombie's verdict on an attempt that was already revoked
+    fields = {k: ev[k] for k in DETAIL_FIELDS if k in ev}
+    if "attempt" in ev:
+        fields["attempt"] = ev["attempt"]
+    return transition(rec, ev["to"], ev.get("by", "?"), ev.get("msg"), t=ev["t"], **fields)
+
+
+def event_logs(layout: Layout) -> dict[str, Path]:
+    """Every launcher's event log, by launcher id."""
+    return {name: layout.launchers / name / "events.jsonl"
+            for name in fsio.list_dirs(layout.launchers)}
+
+
+def merged_offsets(layout: Layout) -> dict[str, int]:
+    try:
+        return fsio.read_json(layout.site_dir / "merged.json")
+    except FileNotFoundError:
+        return {}
+
+
+def unmerged_events(layout: Layout) -> dict[str, list[dict]]:
+    """Events the site has not merged yet, by job id, in log order."""
+    offsets = merged_offsets(layout)
+    by_job: dict[str, list[dict]] = {}
+    for launcher, path in event_logs(layout).items():
+        events, _ = fsio.read_lines_from(path, offsets.get(launcher, 0))
+        for ev in events:
+            if "job" in ev:
+                by_job.setdefault(ev["job"], []).append(ev)
+    return by_job
+
+
+def overlay(rec: dict, pending: dict[str, list[dict]]) -> dict:
+    for ev in pending.get(rec.get("id"), ()):
+        rec = apply_event(rec, ev)
+    return rec

@@ -1,0 +1,284 @@
+"""Crash-safe file primitives: every visible file appears whole or not at all.
+
+Guarantees
+----------
+* ``write_atomic(path, data)`` writes ``data`` to a dot-temp in the same directory
+  (``.NAME.HOST.PID.RAND``, created with O_EXCL), fsyncs it, renames it to ``path`` and
+  fsyncs the directory.  A reader therefore sees the old file, the new file, or no file,
+  never a torn one.  Visible files are never opened for writing.
+* ``Batch`` groups many atomic writes: temps are written, *one* ``syncfs`` makes them all
+  durable, then they are renamed and one more ``syncfs`` makes the renames durable.  The
+  bulk paths (intake, bulk submit, merges) use it so a thousand records cost two syncs,
+  not two thousand.
+* ``read_json(path)`` retries once on ENOENT/ESTALE or a half-read, because a concurrent
+  rename can make a name briefly vanish on network filesystems; dot-files are never read
+  by listings (see ``list_names``).
+* ``AppendLog`` is a single-writer JSONL file: one ``os.write`` of a newline-terminated line
+  per record on an O_APPEND descriptor.  Exactly one process ever appends to a given log
+  (O_APPEND is not atomic on NFS); ``read_lines_from`` drops a trailing partial line so a
+  reader never sees half an event.
+* Nothing here uses ``shutil.move``: on EXDEV it silently copies, which would turn a state
+  change into a duplicate.  A cross-device rename is a configuration error and raises.
+"""
+from __future__ import annotations
+
+import ctypes
+import errno
+import os
+import secrets
+import socket
+import time
+from pathlib import Path
+from typing import Iterable, Iterator
+
+import orjson
+
+HOST = socket.gethostname()
+_RETRY_ERRNOS = (errno.ENOENT, errno.ESTALE)
+
+try:  # syncfs(2) flushes one filesystem; os.sync() would flush every mounted one.
+    _libc = ctypes.CDLL(None, use_errno=True)
+    _syncfs = _libc.syncfs
+except (OSError, AttributeError):  # pragma: no cover - non-Linux
+    _syncfs = None
+
+
+def dumps(obj) -> bytes:
+    return orjson.dumps(obj, option=orjson.OPT_INDENT_2 | orjson.OPT_APPEND_NEWLINE)
+
+
+def loads(data: bytes):
+    return orjson.loads(data)
+
+
+def temp_name(path: Path) -> Path:
+    """A dot-temp beside ``path`` that no other process can be using."""
+    return path.with_name(f".{path.name}.{HOST}.{os.getpid()}.{secrets.token_hex(4)}")
+
+
+def fsync_dir(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def sync_filesystem(path: Path) -> None:
+    """Make everything written on the filesystem holding ``path`` durable (one call)."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY if path.is_dir() else os.O_RDONLY)
+    try:
+        if _syncfs is None or _syncfs(fd) != 0:
+            os.sync()
+    finally:
+        os.close(fd)
+
+
+def _write_temp(path: Path, data: bytes, fsync: bool) -> Path:
+    tmp = temp_name(path)
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    except FileNotFoundError:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
+        if fsync:
+            os.fsync(fd)
+    except BaseException:
+        os.close(fd)
+        _unlink_quiet(tmp)
+        raise
+    os.close(fd)
+    return tmp
+
+
+def write_atomic(path: Path, data: bytes, *, durable: bool = True) -> None:
+    """Publish ``data`` at ``path`` whole.  ``durable=False`` skips the fsyncs (leases)."""
+    tmp = _write_temp(path, data, durable)
+    try:
+        rename(tmp, path)
+    except BaseException:
+        _unlink_quiet(tmp)
+        raise
+    if durable:
+        fsync_dir(path.parent)
+
+
+def write_json_atomic(path: Path, obj, *, durable: bool = True) -> None:
+    write_atomic(path, dumps(obj), durable=durable)
+
+
+class Batch:
+    """Group atomic writes under two filesystem syncs.
+
+    ``add(path, data)`` writes the temp now; ``commit()`` syncs, renames all temps into
+    place, syncs again.  A crash before ``commit`` leaves only dot-temps, which the site's
+    sweeper removes.
+    """
+
+    def __init__(self, anchor: Path):
+        self.anchor = anchor
+        self.pending: list[tuple[Path, Path]] = []
+        self.after: list = []
+
+    def after_commit(self, fn) -> None:
+        """Run ``fn`` once the batch's renames are durable (e.g. drop a limbo copy)."""
+        self.after.append(fn)
+
+    def add(self, path: Path, data: bytes) -> None:
+        self.pending.append((_write_temp(path, data, fsync=False), path))
+
+    def add_json(self, path: Path, obj) -> None:
+        self.add(path, dumps(obj))
+
+    def commit(self) -> None:
+        if not self.pending:
+            for fn in self.after:
+                fn()
+            self.after.clear()
+            return
+        sync_filesystem(self.anchor)
+        for tmp, path in self.pending:
+            rename(tmp, path)
+        self.pending.clear()
+        sync_filesystem(self.anchor)
+        for fn in self.after:
+            fn()
+        self.after.clear()
+
+    def abort(self) -> None:
+        for tmp, _ in self.pending:
+            _unlink_quiet(tmp)
+        self.pending.clear()
+
+
+def rename(src: Path, dst: Path) -> None:
+    """``os.rename`` that refuses to degrade into a copy (EXDEV is a setup error)."""
+    try:
+        os.rename(src, dst)
+    except FileNotFoundError:
+        if not dst.parent.exists() and Path(src).exists():
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            os.rename(src, dst)
+        else:
+            raise
+    except OSError as e:
+        if e.errno == errno.EXDEV:
+            raise OSError(errno.EXDEV, f"{src} and {dst} are on different filesystems (or "
+                          "Lustre project-quota boundaries); a spool must live on one") from e
+        raise
+
+
+def read_bytes(path: Path) -> bytes:
+    try:
+        with open(path, "rb") as f:
+            return f.read()
+    except OSError as e:
+        if e.errno not in _RETRY_ERRNOS:
+            raise
+        time.sleep(0.001)
+        with open(path, "rb") as f:
+            return f.read()
+
+
+def read_json(path: Path):
+    """Read a published JSON file; retry once on a vanished name or a torn read."""
+    data = read_bytes(path)
+    try:
+        return orjson.loads(data)
+    except orjson.JSONDecodeError:
+        time.sleep(0.001)
+        return orjson.loads(read_bytes(path))
+
+
+def list_names(directory: Path, suffix: str = ".json") -> list[str]:
+    """Visible names in ``directory`` ending in ``suffix`` (dot-files skipped); [] if absent."""
+    try:
+        with os.scandir(directory) as it:
+            return [e.name for e in it if e.name.endswith(suffix) and e.name[0] != "."]
+    except FileNotFoundError:
+        return []
+
+
+def list_dirs(directory: Path) -> list[str]:
+    try:
+        with os.scandir(directory) as it:
+            return [e.name for e in it if e.name[0] != "." and e.is_dir()]
+    except FileNotFoundError:
+        return []
+
+
+def _unlink_quiet(path: Path) -> None:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+
+
+unlink_quiet = _unlink_quiet
+
+
+class AppendLog:
+    """The one writer of a JSONL log.  ``append`` buffers; ``flush`` writes and fsyncs."""
+
+    def __init__(self, path: Path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.path = path
+        self.fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        self.buf: list[bytes] = []
+
+    def append(self, event: dict) -> None:
+        self.buf.append(orjson.dumps(event) + b"\n")
+
+    def flush(self, *, durable: bool = True) -> None:
+        if not self.buf:
+            return
+        data = b"".join(self.buf)
+        self.buf.clear()
+        view = memoryview(data)
+        while view:
+            view = view[os.write(self.fd, view):]
+        if durable:
+            os.fsync(self.fd)
+
+    def close(self) -> None:
+        self.flush()
+        os.close(self.fd)
+
+
+def read_lines_from(path: Path, offset: int) -> tuple[list[dict], int]:
+    """Complete JSON lines of ``path`` after byte ``offset``; returns (events, new offset)."""
+    try:
+        with open(path, "rb") as f:
+            f.seek(offset)
+            data = f.read()
+    except FileNotFoundError:
+        return [], offset
+    end = data.rfind(b"\n")
+    if end < 0:
+        return [], offset
+    events = []
+    for line in data[: end + 1].splitlines():
+        if line:
+            try:
+                events.append(orjson.loads(line))
+            except orjson.JSONDecodeError:
+                continue  # a corrupt line is skipped, never fatal
+    return events, offset + end + 1
+
+
+def iter_json_files(directory: Path) -> Iterator[tuple[Path, dict]]:
+    for name in list_names(directory):
+        path = directory / name
+        try:
+            yield path, read_json(path)
+        except (FileNotFoundError, orjson.JSONDecodeError):
+            continue
+
+
+def ensure_dirs(paths: Iterable[Path]) -> None:
+    for p in paths:
+        p.mkdir(parents=True, exist_ok=True)

@@ -1,0 +1,43 @@
+"""Job and launcher ids: coordination-free, time-sortable, safe as file names.
+
+A generated id is 26 lowercase Crockford-base32 characters: 10 for the creation time in
+milliseconds, 16 for 80 random bits (the ULID layout).  Ids from any host sort by creation
+time to the millisecond and collide with probability ~2**-80 within a millisecond.  Users
+may also choose their own ids (``j1``, ``sim-042``) in dropped files; any id matching
+``ID_RE`` is accepted and must be unique in the site.  Ids are opaque except for order.
+
+The shard of an id (two hex digits from crc32) picks its bucket in the big state
+directories, so every state uses the same bucket for a job and no directory holds more
+than ~1/256 of the jobs.
+"""
+from __future__ import annotations
+
+import os
+import re
+import time
+import zlib
+
+_B32 = "0123456789abcdefghjkmnpqrstvwxyz"
+ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,95}$")
+SHARDS = 256
+
+
+def _b32(value: int, width: int) -> str:
+    out = []
+    for _ in range(width):
+        out.append(_B32[value & 31])
+        value >>= 5
+    return "".join(reversed(out))
+
+
+def new_id(now_ms: int | None = None) -> str:
+    ms = int(time.time() * 1000) if now_ms is None else now_ms
+    return _b32(ms, 10) + _b32(int.from_bytes(os.urandom(10), "big"), 16)
+
+
+def valid_id(job_id: object) -> bool:
+    return isinstance(job_id, str) and bool(ID_RE.match(job_id)) and not job_id.endswith(".json")
+
+
+def shard(job_id: str) -> str:
+    return "%02x" % (zlib.crc32(job_id.encode()) % SHARDS)

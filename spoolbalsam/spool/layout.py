@@ -1,0 +1,136 @@
+"""A site on disk: the directory *is* the database.
+
+::
+
+    SITE/
+      .spool-site                 marker (site name); how the CLI finds the site
+      settings.yml                machine, scheduler, queues, launcher settings
+      apps/NAME.yml | NAME.py     app definitions
+      jobs/created/ID.json        intake: anyone drops files here (write .ID.tmp, then rename)
+      jobs/waiting/BB/ID.json     AWAITING_PARENTS            BB = shard(ID), 256 buckets
+      jobs/ready/BB/ID.json       runnable
+      jobs/running/L/ID.json      claimed by launcher L (the directory names the owner)
+      jobs/done/BB/ID.json        JOB_FINISHED
+      jobs/failed/BB/ID.json      FAILED
+      jobs/rejected/NAME          refused drops, byte for byte, + NAME.reason (one line)
+      launchers/L/lease.json      L's heartbeat: a counter only L rewrites
+      launchers/L/events.jsonl    L's event log (only L appends)
+      launchers/L/limbo/          L's private hand-over area for moves with a rewrite
+      launchers/L/stop            a stop request for L (written by `spool launcher stop`)
+      site/site.pid               host + pid of the running site process
+      site/events.jsonl           the site's event log
+      site/merged.json            how far the site has merged each launcher's events
+      site/limbo/                 the site's private hand-over area
+      batch/ID/                   one batch job: request.json, state.json, qlaunch script
+      data/WORKDIR/job.out        each job's working directory and output
+      log/                        site and launcher logs
+
+Why shards: at a million jobs a flat ``ready/`` makes every listing slow on Lustre and makes
+every launcher race for the same names; 256 buckets keep each directory at ~4k entries
+and let a launcher list one random bucket at a time (see ``bench/claim_scaling.py``).
+``created/`` and ``rejected/`` stay flat because people look into them by hand and the
+site drains ``created/`` continuously.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from .ids import shard
+from .states import SHARDED_DIRS
+
+MARKER = ".spool-site"
+
+
+class SiteNotFound(Exception):
+    pass
+
+
+@dataclass(frozen=True)
+class Layout:
+    root: Path
+
+    @property
+    def jobs(self) -> Path:
+        return self.root / "jobs"
+
+    def state_dir(self, name: str) -> Path:
+        return self.root / "jobs" / name
+
+    def job_path(self, state: str, job_id: str, launcher: str | None = None) -> Path:
+        """Where job ``job_id`` lives in ``state`` (a directory name)."""
+        if state == "running":
+            return self.root / "jobs" / "running" / launcher / f"{job_id}.json"
+        if state in SHARDED_DIRS:
+            return self.root / "jobs" / state / shard(job_id) / f"{job_id}.json"
+        return self.root / "jobs" / state / f"{job_id}.json"
+
+    @property
+    def created(self) -> Path:
+        return self.root / "jobs" / "created"
+
+    @property
+    def rejected(self) -> Path:
+        return self.root / "jobs" / "rejected"
+
+    @property
+    def running(self) -> Path:
+        return self.root / "jobs" / "running"
+
+    @property
+    def apps(self) -> Path:
+        return self.root / "apps"
+
+    @property
+    def data(self) -> Path:
+        return self.root / "data"
+
+    @property
+    def log(self) -> Path:
+        return self.root / "log"
+
+    @property
+    def batch(self) -> Path:
+        return self.root / "batch"
+
+    @property
+    def launchers(self) -> Path:
+        return self.root / "launchers"
+
+    def launcher_dir(self, launcher: str) -> Path:
+        return self.root / "launchers" / launcher
+
+    @property
+    def site_dir(self) -> Path:
+        return self.root / "site"
+
+    @property
+    def settings(self) -> Path:
+        return self.root / "settings.yml"
+
+    def workdir(self, rel: str) -> Path:
+        return self.root / "data" / rel
+
+    def make(self) -> None:
+        for sub in ("jobs/created", "jobs/waiting", "jobs/ready", "jobs/running", "jobs/done",
+                    "jobs/failed", "jobs/rejected", "apps", "data", "log", "batch",
+                    "launchers", "site/limbo"):
+            (self.root / sub).mkdir(parents=True, exist_ok=True)
+
+
+def find_site(explicit: str | os.PathLike | None = None, cwd: Path | None = None) -> Layout:
+    """The site named by ``explicit``, else ``$SPOOL_SITE``, else the cwd walked upwards."""
+    given = explicit or os.environ.get("SPOOL_SITE")
+    if given:
+        root = Path(given).expanduser().resolve()
+        if not (root / MARKER).exists():
+            raise SiteNotFound(f"{root} is not a spoolbalsam site (no {MARKER}); "
+                               f"create one with `spool site init {given}`")
+        return Layout(root)
+    here = (cwd or Path.cwd()).resolve()
+    for d in (here, *here.parents):
+        if (d / MARKER).exists():
+            return Layout(d)
+    raise SiteNotFound("not inside a spoolbalsam site; cd into one, set SPOOL_SITE, "
+                       "pass --site DIR, or create one with `spool site init DIR`")

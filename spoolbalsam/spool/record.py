@@ -1,0 +1,191 @@
+"""The job record: Balsam's job fields plus the system's, and their validation.
+
+A record is one JSON object.  Fields a submitter may give (with Balsam's defaults)::
+
+    app (or app_id)  workdir  parameters{}  tags{}  num_nodes=1  ranks_per_node=1
+    threads_per_rank=1  threads_per_core=1  gpus_per_rank=0  node_packing_count=1
+    launch_params{}  wall_time_min=0  parent_ids[]  data{}  retry{errors, timeouts}  id
+
+Fields the system keeps: ``state attempt return_code launcher batch_job host created_at
+state_timestamp started_at ended_at error retries{errors,timeouts} placement history[]``.
+``history`` holds the last ``HISTORY_MAX`` transitions ``{t, from, to, by, msg}``; the full
+story is in the per-writer event logs.
+
+``normalize(raw, source)`` checks everything that can be checked without the site's apps
+and other jobs and returns a complete record; every failure is an ``InvalidJob`` naming the
+file and the field, in one line.
+"""
+from __future__ import annotations
+
+import math
+import posixpath
+import time
+
+from .ids import new_id, valid_id
+
+HISTORY_MAX = 16
+
+
+class InvalidJob(ValueError):
+    """One line: ``SOURCE: field NAME: what is wrong``."""
+
+    def __init__(self, source: str, field: str | None, message: str):
+        self.source, self.field, self.message = source, field, message
+        where = f"field {field!r}: " if field else ""
+        super().__init__(f"{source}: {where}{message}")
+
+
+def _int(lo: int):
+    def check(v):
+        if isinstance(v, bool) or not isinstance(v, int):
+            if isinstance(v, float) and v.is_integer():
+                v = int(v)
+            else:
+                raise ValueError(f"must be an integer >= {lo}, got {v!r}")
+        if v < lo:
+            raise ValueError(f"must be >= {lo}, got {v}")
+        return v
+    return check
+
+
+def _number(lo: float):
+    def check(v):
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+            raise ValueError(f"must be a number >= {lo}, got {v!r}")
+        if v < lo:
+            raise ValueError(f"must be >= {lo}, got {v}")
+        return int(v) if isinstance(v, float) and v.is_integer() else v
+    return check
+
+
+def _str_map(v):
+    if not isinstance(v, dict):
+        raise ValueError(f"must be an object of strings, got {type(v).__name__}")
+    out = {}
+    for k, val in v.items():
+        if isinstance(val, (dict, list)) or val is None:
+            raise ValueError(f"value of {k!r} must be a string or number, got {val!r}")
+        out[str(k)] = val if isinstance(val, str) else _scalar_str(val)
+    return out
+
+
+def _scalar_str(v) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    return str(v)
+
+
+def _params(v):
+    if not isinstance(v, dict):
+        raise ValueError(f"must be an object, got {type(v).__name__}")
+    for k in v:
+        if not isinstance(k, str) or not k.isidentifier():
+            raise ValueError(f"parameter name {k!r} is not an identifier")
+    return dict(v)
+
+
+def _parents(v):
+    if not isinstance(v, list) or not all(valid_id(p) for p in v):
+        raise ValueError(f"must be a list of job ids, got {v!r}")
+    return list(dict.fromkeys(v))
+
+
+def _retry(v):
+    if not isinstance(v, dict) or set(v) - {"errors", "timeouts"}:
+        raise ValueError("must be {errors: N, timeouts: M}")
+    return {k: _int(0)(n) for k, n in v.items()}
+
+
+def normalize_workdir(v) -> str:
+    if not isinstance(v, str) or not v.strip():
+        raise ValueError("is required: a path relative to the site's data/ directory")
+    if "\0" in v or v.startswith(("/", "~")):
+        raise ValueError(f"{v!r} must be relative to data/ (no leading / or ~)")
+    norm = posixpath.normpath(v.strip())
+    if norm in (".", "") or norm == ".." or norm.startswith("../"):
+        raise ValueError(f"{v!r} leaves data/; give a path inside it, like demo/run1")
+    return norm
+
+
+def _any_json(v):
+    return v
+
+
+USER_FIELDS = {
+    "app": (None, lambda v: v if isinstance(v, str) and v else _bad("must be an app name")),
+    "workdir": (None, normalize_workdir),
+    "parameters": (dict, _params),
+    "tags": (dict, _str_map),
+    "num_nodes": (1, _int(1)),
+    "ranks_per_node": (1, _int(1)),
+    "threads_per_rank": (1, _int(1)),
+    "threads_per_core": (1, _int(1)),
+    "gpus_per_rank": (0, _number(0)),
+    "node_packing_count": (1, _int(1)),
+    "launch_params": (dict, _str_map),
+    "wall_time_min": (0, _number(0)),
+    "parent_ids": (list, _parents),
+    "data": (dict, _any_json),
+    "retry": (None, _retry),
+}
+ALIASES = {"app_id": "app"}
+IGNORED = {"site_name", "site_id"}      # accepted for Balsam compatibility
+SYSTEM_FIELDS = ("id", "state", "attempt", "return_code", "launcher", "batch_job", "host",
+                 "created_at", "state_timestamp", "started_at", "ended_at", "error",
+                 "retries", "placement", "history")
+
+
+def _bad(msg: str):
+    raise ValueError(msg)
+
+
+def normalize(raw: object, source: str, *, default_id: str | None = None) -> dict:
+    """A complete record from user input, or ``InvalidJob`` naming the field."""
+    if not isinstance(raw, dict):
+        raise InvalidJob(source, None, f"a job must be a JSON object, got {type(raw).__name__}")
+    rec: dict = {}
+    for key, value in raw.items():
+        key = ALIASES.get(key, key)
+        if key in IGNORED or key in ("id",):
+            continue
+        if key not in USER_FIELDS:
+            if key in SYSTEM_FIELDS:
+                raise InvalidJob(source, key, "is set by spoolbalsam, not by the submitter")
+            raise InvalidJob(source, key, f"unknown field; known: {', '.join(USER_FIELDS)}")
+        try:
+            rec[key] = USER_FIELDS[key][1](value)
+        except ValueError as e:
+            raise InvalidJob(source, key, str(e)) from None
+    for key in ("app", "workdir"):
+        if key not in rec:
+            raise InvalidJob(source, key, "is required")
+    for key, (default, _) in USER_FIELDS.items():
+        if key not in rec and key != "retry":
+            rec[key] = default() if callable(default) else default
+    job_id = raw.get("id", default_id)
+    if job_id is None:
+        job_id = new_id()
+    if not valid_id(job_id):
+        raise InvalidJob(source, "id", f"{job_id!r} is not a valid id (letters, digits, _ . -; "
+                         "at most 96 characters, not starting with a dot)")
+    now = time.time()
+    rec.update(id=job_id, state="CREATED", attempt=1, return_code=None, launcher=None,
+               batch_job=None, host=None, created_at=now, state_timestamp=now,
+               started_at=None, ended_at=None, error=None,
+               retries={"errors": 0, "timeouts": 0}, placement=None, history=[])
+    return rec
+
+
+def transition(rec: dict, to: str, by: str, msg: str | None = None, t: float | None = None,
+               **fields) -> dict:
+    """A copy of ``rec`` moved to state ``to``, with the transition in its bounded history."""
+    now = time.time() if t is None else t
+    new = dict(rec)
+    new.update(fields)
+    entry = {"t": now, "from": rec.get("state"), "to": to, "by": by}
+    if msg:
+        entry["msg"] = msg
+    new["history"] = (list(rec.get("history") or []) + [entry])[-HISTORY_MAX:]
+    new["state"] = to
+    new["state_timestamp"] = now
+    return new

@@ -1,0 +1,80 @@
+"""Job states: Balsam's names, the directory each lives in, and which moves are legal.
+
+The directory a record sits in is its coarse state and is authoritative; the record's
+``state`` field (and its unmerged events) refine it to Balsam's finer names.
+
+=================  ==============  ===============================================
+directory          coarse state    finer Balsam states shown there
+=================  ==============  ===============================================
+jobs/created/      CREATED         CREATED (not yet validated by the site)
+jobs/waiting/      AWAITING_PARENTS
+jobs/ready/        READY           READY, STAGED_IN, PREPROCESSED, RESTART_READY
+jobs/running/L/    RUNNING         RUNNING, RUN_DONE, RUN_ERROR, RUN_TIMEOUT (in flight)
+jobs/done/         JOB_FINISHED    JOB_FINISHED, RUN_DONE, POSTPROCESSED, STAGED_OUT
+jobs/failed/       FAILED          FAILED (the record says why, and which attempt)
+jobs/rejected/     REJECTED        not a job: a dropped file the site refused
+=================  ==============  ===============================================
+"""
+from __future__ import annotations
+
+CREATED = "CREATED"
+AWAITING_PARENTS = "AWAITING_PARENTS"
+READY = "READY"
+STAGED_IN = "STAGED_IN"
+PREPROCESSED = "PREPROCESSED"
+RESTART_READY = "RESTART_READY"
+RUNNING = "RUNNING"
+RUN_DONE = "RUN_DONE"
+RUN_ERROR = "RUN_ERROR"
+RUN_TIMEOUT = "RUN_TIMEOUT"
+POSTPROCESSED = "POSTPROCESSED"
+STAGED_OUT = "STAGED_OUT"
+JOB_FINISHED = "JOB_FINISHED"
+FAILED = "FAILED"
+REJECTED = "REJECTED"
+
+# directory name -> coarse state
+DIR_STATE = {
+    "created": CREATED,
+    "waiting": AWAITING_PARENTS,
+    "ready": READY,
+    "running": RUNNING,
+    "done": JOB_FINISHED,
+    "failed": FAILED,
+    "rejected": REJECTED,
+}
+STATE_DIR = {
+    CREATED: "created",
+    AWAITING_PARENTS: "waiting",
+    READY: "ready", STAGED_IN: "ready", PREPROCESSED: "ready", RESTART_READY: "ready",
+    RUNNING: "running", RUN_DONE: "running", RUN_ERROR: "running", RUN_TIMEOUT: "running",
+    POSTPROCESSED: "done", STAGED_OUT: "done", JOB_FINISHED: "done",
+    FAILED: "failed",
+    REJECTED: "rejected",
+}
+ALL_STATES = tuple(STATE_DIR)
+SHARDED_DIRS = ("waiting", "ready", "done", "failed")
+TERMINAL_DIRS = ("done", "failed")
+
+
+def parse_state(text: str) -> tuple[str, str | None]:
+    """``--state`` value -> (directory, fine state or None).
+
+    Accepts Balsam's names in any case (``JOB_FINISHED``, ``run_error``) and the directory
+    names (``ready``, ``done``); raises ValueError naming the accepted values.
+    """
+    t = text.strip()
+    if t.lower() in DIR_STATE:
+        return t.lower(), None
+    up = t.upper()
+    if up in STATE_DIR:
+        return STATE_DIR[up], up
+    raise ValueError(f"unknown state {text!r}; use one of {', '.join(ALL_STATES)} "
+                     f"or a directory name ({', '.join(DIR_STATE)})")
+
+
+def fine_state(directory: str, record_state: str | None) -> str:
+    """The state to show for a record in ``directory`` whose content says ``record_state``."""
+    if record_state and STATE_DIR.get(record_state) == directory:
+        return record_state
+    return DIR_STATE[directory]

@@ -1,0 +1,196 @@
+"""The claim protocol: every state change of a job is one rename.
+
+Rules (see ``layout`` for the tree)
+-----------------------------------
+1. A job has exactly one visible name at a time.  Moving it is ``rename(old, new)``;
+   a racing mover gets ENOENT and loses.  Nothing ever copies a record.
+2. Whoever holds a job's only name may create its next one.  A *plain move* renames the
+   record unchanged (claim, finish, return of an unstarted claim).  A *move with a rewrite*
+   first renames the record into the mover's private ``limbo/`` (the commit point: it now
+   owns the job exclusively), then publishes the new record with ``write_atomic`` at the
+   destination, then unlinks the limbo copy.  Because the old name is gone before the new
+   one appears, a rewrite can never resurrect a job someone else moved meanwhile.
+3. Nobody writes into ``running/L/``: launcher L renames in (claim) and out (finish); the
+   site renames out only to revoke.  A slow launcher whose job was revoked finds its final
+   rename fails and records a zombie event instead of a verdict.
+4. After a crash, a file left in a limbo is finished by ``finish_limbo``: if the job has a
+   visible name anywhere, the move completed and the limbo copy is dropped; otherwise the
+   limbo copy is published where its name says it was going.
+
+Claim modes
+-----------
+``rename`` (default): the rename from ``ready/`` is the arbitration; correct on ext4, xfs,
+Lustre, GPFS, NFS (with the NFSv3 retransmit check below).  ``token``: for DAOS dfuse in
+relaxed mode, where two racing renames can both "succeed", a claimer must first create
+``jobs/claims/BB/ID`` with O_CREAT|O_EXCL (exclusive on every filesystem); only the token
+holder renames.  The holder removes the token when the job leaves ``running/``.
+"""
+from __future__ import annotations
+
+import errno
+import os
+import random
+from pathlib import Path
+from typing import Iterator
+
+from . import fsio
+from .ids import shard
+from .layout import Layout
+from .states import SHARDED_DIRS
+
+LIMBO_SEP = "@"   # limbo file name: ID@DESTDIR.json
+
+
+class Store:
+    def __init__(self, layout: Layout, claim_mode: str = "rename"):
+        if claim_mode not in ("rename", "token"):
+            raise ValueError(f"claim_mode must be 'rename' or 'token', got {claim_mode!r}")
+        self.layout = layout
+        self.claim_mode = claim_mode
+
+    # ---- finding jobs -------------------------------------------------------------------
+    def locate(self, job_id: str) -> tuple[str, Path] | None:
+        """(directory, path) of the job's visible record, or None.  O(states + launchers)."""
+        lay = self.layout
+        for state in SHARDED_DIRS:
+            p = lay.job_path(state, job_id)
+            if p.exists():
+                return state, p
+        for launcher in fsio.list_dirs(lay.running):
+            p = lay.running / launcher / f"{job_id}.json"
+            if p.exists():
+                return "running", p
+        p = lay.created / f"{job_id}.json"
+        if p.exists():
+            return "created", p
+        return None
+
+    def exists(self, job_id: str) -> bool:
+        return self.locate(job_id) is not None
+
+    def iter_dir(self, state: str) -> Iterator[tuple[str, Path]]:
+        """(state, path) of every visible record in a state directory (names only, no stat)."""
+        base = self.layout.state_dir(state)
+        if state in SHARDED_DIRS:
+            for bucket in sorted(fsio.list_dirs(base)):
+                for name in fsio.list_names(base / bucket):
+                    yield state, base / bucket / name
+        elif state == "running":
+            for launcher in sorted(fsio.list_dirs(base)):
+                for name in fsio.list_names(base / launcher):
+                    yield state, base / launcher / name
+        else:
+            for name in fsio.list_names(base):
+                yield state, base / name
+
+    # ---- moving ---------------------------------------------------------------------------
+    @staticmethod
+    def move(src: Path, dst: Path) -> bool:
+        """Plain move.  False if someone else moved ``src`` first (we lost the race)."""
+        try:
+            fsio.rename(src, dst)
+            return True
+        except FileNotFoundError:
+            return False
+
+    def move_rewrite(self, src: Path, dst: Path, record: dict, limbo: Path,
+                     batch: fsio.Batch | None = None) -> bool:
+        """Move ``src`` to ``dst`` publishing ``record`` there.  False if we lost the race.
+
+        # race: a launcher may claim (rename) ``src`` while we prepare ``record``.  Our
+        # first rename is the commit point: if the launcher won, ours fails with ENOENT and
+        # we publish nothing; if we won, its rename fails and it moves on.  The new name is
+        # created only after the old one is gone, so no job ever has two live names.
+        """
+        job_id = record["id"]
+        held = limbo / f"{job_id}{LIMBO_SEP}{self._dest_key(dst)}.json"
+        try:
+            fsio.rename(src, held)
+        except FileNotFoundError:
+            if not limbo.exists():
+                limbo.mkdir(parents=True, exist_ok=True)
+                return self.move_rewrite(src, dst, record, limbo, batch)
+            return False
+        if batch is None:
+            fsio.write_json_atomic(dst, record)
+            os.unlink(held)
+        else:
+            batch.add_json(dst, record)
+            batch.after_commit(lambda: fsio.unlink_quiet(held))
+        return True
+
+    def _dest_key(self, dst: Path) -> str:
+        rel = dst.relative_to(self.layout.jobs).parts
+        return rel[0] if rel[0] != "running" else "running." + rel[1]
+
+    def dest_path(self, key: str, job_id: str) -> Path:
+        if key.startswith("running."):
+            return self.layout.job_path("running", job_id, key.split(".", 1)[1])
+        return self.layout.job_path(key, job_id)
+
+    def finish_limbo(self, limbo: Path) -> list[str]:
+        """Complete the half-done moves in one limbo after a crash; returns the job ids."""
+        done = []
+        for name in fsio.list_names(limbo):
+            job_id, _, key = name[: -len(".json")].partition(LIMBO_SEP)
+            held = limbo / name
+            if not self.exists(job_id):
+                try:
+                    fsio.write_atomic(self.dest_path(key or "ready", job_id), fsio.read_bytes(held))
+                except FileNotFoundError:
+                    continue
+            fsio.unlink_quiet(held)
+            done.append(job_id)
+        return done
+
+    # ---- claiming -------------------------------------------------------------------------
+    def claim(self, src: Path, launcher: str) -> Path | None:
+        """Claim the ready record at ``src`` for ``launcher``; its new path, or None."""
+        job_id = src.name[: -len(".json")]
+        dst = self.layout.running / launcher / src.name
+        if self.claim_mode == "token" and not self._take_token(job_id, launcher):
+            return None
+        try:
+            fsio.rename(src, dst)
+            return dst
+        except FileNotFoundError:
+            # race: NFSv3 may report ENOENT to the winner of a retransmitted rename, so a
+            # missing source is a loss only if the job is not already in our own directory.
+            if dst.exists():
+                return dst
+            if not dst.parent.exists():
+                dst.parent.mkdir(parents=True, exist_ok=True)
+                return self.claim(src, launcher)
+            self.drop_token(job_id)
+            return None
+
+    def _token_path(self, job_id: str) -> Path:
+        return self.layout.jobs / "claims" / shard(job_id) / job_id
+
+    def _take_token(self, job_id: str, launcher: str) -> bool:
+        path = self._token_path(job_id)
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        except FileNotFoundError:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            return self._take_token(job_id, launcher)
+        except OSError as e:
+            if e.errno == errno.EEXIST:
+                return False
+            raise
+        os.write(fd, launcher.encode())
+        os.close(fd)
+        return True
+
+    def drop_token(self, job_id: str) -> None:
+        if self.claim_mode == "token":
+            fsio.unlink_quiet(self._token_path(job_id))
+
+    def ready_buckets(self) -> list[str]:
+        buckets = fsio.list_dirs(self.layout.state_dir("ready"))
+        random.shuffle(buckets)
+        return buckets
+
+    def ready_names(self, bucket: str) -> list[Path]:
+        base = self.layout.state_dir("ready") / bucket
+        return [base / n for n in fsio.list_names(base)]
