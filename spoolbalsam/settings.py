@@ -111,11 +111,10 @@ def validate(raw: object, source: str) -> dict:
         if not isinstance(q, dict) or set(q) - {"max_nodes", "max_walltime", "max_queued_jobs"}:
             raise SettingsError(f"{source}: scheduler.allowed_queues.{qname}: give max_nodes, "
                                 "max_walltime (minutes) and max_queued_jobs")
-    from .machines import get_machine
     try:
-        get_machine(s["machine"])
+        machine_from_settings(s)
     except ValueError as e:
-        raise SettingsError(f"{source}: machine: {e}") from None
+        raise SettingsError(f"{source}: machine/launcher: {e}") from None
     return s
 
 
@@ -141,3 +140,14 @@ def render_default(site_name: str, machine: str, **extra) -> str:
     env = jinja2.Environment(loader=jinja2.FileSystemLoader(str(TEMPLATES_DIR)),
                              undefined=jinja2.StrictUndefined, keep_trailing_newline=True)
     return env.get_template("settings.yml.j2").render(site_name=site_name, machine=m, **extra)
+
+
+MACHINE_KEYS = ("cpus_per_node", "gpu_ids", "tile_hierarchy", "mpi_flavour",
+                "max_mpiexec_per_batch_job", "max_concurrent_mpiruns")
+
+
+def machine_from_settings(s: dict):
+    """The site's machine with the ``launcher:`` overrides of settings.yml applied."""
+    from .machines import get_machine
+    overrides = {k: s["launcher"][k] for k in MACHINE_KEYS if s["launcher"].get(k) is not None}
+    return get_machine(s["machine"]).with_overrides(**overrides)

@@ -172,6 +172,15 @@ def rename(src: Path, dst: Path) -> None:
         raise
 
 
+def rename_quiet(src: Path, dst: Path) -> bool:
+    """``rename`` that reports a lost race (ENOENT) as False instead of raising."""
+    try:
+        rename(src, dst)
+        return True
+    except FileNotFoundError:
+        return False
+
+
 def read_bytes(path: Path) -> bytes:
     try:
         with open(path, "rb") as f:

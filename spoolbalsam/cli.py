@@ -1,0 +1,528 @@
+"""The ``spool`` command: a click group per noun (site, app, job, queue) plus ``launcher``.
+
+Errors print one line naming the file, the field or the job and what to do next, and exit
+1; set ``SPOOL_TRACEBACK=1`` for the Python traceback.  The site is found from ``--site``,
+``$SPOOL_SITE`` or the current directory walked upwards.
+"""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import click
+
+from . import settings as settings_mod
+from .spool import fsio
+from .spool.layout import MARKER, Layout, SiteNotFound, find_site
+
+
+class UserError(click.ClickException):
+    def show(self, file=None):
+        click.echo(f"spool: {self.format_message()}", err=True)
+
+
+def _kv(values, what: str) -> dict:
+    out = {}
+    for v in values:
+        if "=" not in v:
+            raise UserError(f"{what} {v!r} must look like KEY=VALUE")
+        k, _, val = v.partition("=")
+        if not k:
+            raise UserError(f"{what} {v!r} has an empty KEY")
+        out[k] = val
+    return out
+
+
+def _site(ctx) -> Layout:
+    try:
+        return find_site(ctx.obj.get("site"))
+    except SiteNotFound as e:
+        raise UserError(str(e)) from None
+
+
+def _settings(layout: Layout) -> dict:
+    try:
+        return settings_mod.load(layout.settings)
+    except settings_mod.SettingsError as e:
+        raise UserError(str(e)) from None
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--site", envvar="SPOOL_SITE", help="Site directory (default: $SPOOL_SITE or cwd).")
+@click.pass_context
+def cli(ctx, site):
+    """spoolbalsam: a filesystem-native job spooler. The site directory is the database."""
+    ctx.ensure_object(dict)
+    ctx.obj["site"] = site
+
+
+# ---------------------------------------------------------------------------------------
+@cli.group()
+def site():
+    """Create, start and stop a site."""
+
+
+@site.command("init")
+@click.argument("path", type=click.Path(file_okay=False))
+@click.option("-n", "--name", help="Site name (default: the directory name).")
+@click.option("-m", "--machine", default="local", show_default=True,
+              help="Machine: local, aurora, polaris, slurm.")
+@click.option("--gpu-ids", help="local machine: GPU ids to hand out, e.g. 0,1,2,3.")
+@click.option("--gpus", type=int, help="local machine: that many GPU ids 0..N-1.")
+@click.option("--cpus", type=int, help="local machine: cores to pack jobs onto.")
+@click.option("-A", "--project", "projects", multiple=True, help="Allowed project (repeat).")
+def site_init(path, name, machine, gpu_ids, gpus, cpus, projects):
+    """Create a site directory with settings.yml rendered for MACHINE."""
+    from .machines import get_machine
+    root = Path(path).resolve()
+    if (root / MARKER).exists():
+        raise UserError(f"{root} is already a site; edit {root / 'settings.yml'} instead")
+    if root.exists() and any(root.iterdir()):
+        raise UserError(f"{root} exists and is not empty; choose a new directory")
+    try:
+        get_machine(machine)
+    except ValueError as e:
+        raise UserError(str(e)) from None
+    if gpus is not None and gpu_ids:
+        raise UserError("give --gpus or --gpu-ids, not both")
+    ids = [str(i) for i in range(gpus)] if gpus else (gpu_ids.split(",") if gpu_ids else [])
+    if (ids or cpus) and machine != "local":
+        raise UserError("--gpus/--gpu-ids/--cpus describe the local machine; for "
+                        f"{machine} edit launcher: in settings.yml")
+    layout = Layout(root)
+    layout.make()
+    name = name or root.name
+    text = settings_mod.render_default(name, machine, gpu_ids=ids, cpus_per_node=cpus,
+                                       projects=list(projects) or (["local"] if machine == "local" else []))
+    settings_mod.validate(__import__("yaml").safe_load(text), "settings.yml")
+    fsio.write_atomic(layout.settings, text.encode())
+    fsio.write_atomic(root / MARKER, f"{name}\n".encode())
+    click.echo(f"Created site {name} ({machine}) at {root}")
+    click.echo(f"Next: cd {path}; add apps/NAME.yml; spool site start")
+
+
+@site.command("start")
+@click.option("--foreground", is_flag=True, help="Run in this terminal (logs to stderr).")
+@click.pass_context
+def site_start(ctx, foreground):
+    """Start the site process (one per site; a second start refuses)."""
+    from . import service
+    layout = _site(ctx)
+    _settings(layout)
+    info = service.running_site(layout)
+    if info:
+        raise UserError(f"site already running (pid {info['pid']} on {info['host']}); "
+                        "`spool site stop` first")
+    if foreground:
+        service.setup_logging(None)
+        try:
+            service.serve(layout)
+        except service.AlreadyRunning as e:
+            raise UserError(str(e)) from None
+        return
+    layout.log.mkdir(exist_ok=True)
+    with open(layout.log / "site.out", "ab") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "spoolbalsam.service", str(layout.root)],
+                                stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                start_new_session=True, cwd=layout.root)
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline:
+        info = service.running_site(layout)
+        if info and info.get("pid") == proc.pid:
+            click.echo(f"Site started (pid {proc.pid}); log: {layout.log / 'site.log'}")
+            return
+        if proc.poll() is not None:
+            tail = (layout.log / "site.out").read_text(errors="replace").strip().splitlines()[-3:]
+            raise UserError("site process exited at once: " + " | ".join(tail))
+        time.sleep(0.02)
+    raise UserError(f"site process {proc.pid} did not report in 15 s; see {layout.log}/site.log")
+
+
+@site.command("stop")
+@click.option("--timeout", default=30.0, show_default=True, help="Seconds to wait.")
+@click.pass_context
+def site_stop(ctx, timeout):
+    """Stop the site process (SIGTERM; it finishes its current step)."""
+    from . import service
+    layout = _site(ctx)
+    info = service.running_site(layout)
+    if not info:
+        click.echo("Site is not running.")
+        return
+    if info["host"] != fsio.HOST:
+        raise UserError(f"the site runs on host {info['host']}; stop it there")
+    os.kill(info["pid"], 15)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not service.running_site(layout):
+            click.echo(f"Site stopped (pid {info['pid']}).")
+            return
+        time.sleep(0.05)
+    raise UserError(f"site pid {info['pid']} still running after {timeout:g} s")
+
+
+@site.command("status")
+@click.pass_context
+def site_status(ctx):
+    """Is the site running, and how many jobs are in each state."""
+    from . import service
+    from .spool.query import counts
+    layout = _site(ctx)
+    info = service.running_site(layout)
+    s = _settings(layout)
+    click.echo(f"site {s['site_name']} ({s['machine']}) at {layout.root}")
+    click.echo(f"site process: {'running, pid %s on %s' % (info['pid'], info['host']) if info else 'stopped'}")
+    for k, v in counts(layout).items():
+        click.echo(f"  {k:9s} {v}")
+
+
+# ---------------------------------------------------------------------------------------
+@cli.group()
+def app():
+    """List the site's apps."""
+
+
+@app.command("ls")
+@click.option("-v", "--verbose", is_flag=True)
+@click.pass_context
+def app_ls(ctx, verbose):
+    """List apps (apps/NAME.yml) and their parameters."""
+    from .apps import AppRegistry
+    layout = _site(ctx)
+    reg = AppRegistry(layout.apps)
+    names = reg.names()
+    if not names:
+        click.echo(f"No apps yet: write {layout.apps}/NAME.yml (see the README)")
+        return
+    click.echo(f"{'Name':24s} {'Parameters':40s} Description")
+    for name in names:
+        a = reg.get(name)
+        if a is None:
+            click.echo(f"{name:24s} BROKEN: {reg.errors.get(name)}")
+            continue
+        params = ", ".join(p + ("" if v.get("required") else f"={v.get('default')}")
+                           for p, v in a.parameters.items())
+        click.echo(f"{name:24s} {params:40s} {a.description}")
+        if verbose:
+            click.echo(f"    command: {a.command_template}")
+            for k, v in a.environment_variables.items():
+                click.echo(f"    env {k}={v}")
+            if a.shell_preamble:
+                click.echo(f"    preamble: {a.shell_preamble}")
+            click.echo(f"    retry: {a.retry}")
+
+
+# ---------------------------------------------------------------------------------------
+@cli.group()
+def job():
+    """Create, list and remove jobs."""
+
+
+@job.command("create")
+@click.option("-a", "--app", "app_name", required=True, help="App name.")
+@click.option("-w", "--workdir", required=True, help="Working directory under data/.")
+@click.option("-p", "--param", multiple=True, help="Parameter KEY=VALUE (repeat).")
+@click.option("--tag", "-tag", multiple=True, help="Tag KEY=VALUE (repeat).")
+@click.option("-n", "--num-nodes", type=int, default=1, show_default=True)
+@click.option("-rpn", "--ranks-per-node", type=int, default=1, show_default=True)
+@click.option("-tpr", "--threads-per-rank", type=int, default=1, show_default=True)
+@click.option("-tpc", "--threads-per-core", type=int, default=1, show_default=True)
+@click.option("-g", "--gpus-per-rank", type=float, default=0, show_default=True)
+@click.option("-npc", "--node-packing-count", type=int, default=1, show_default=True)
+@click.option("-lp", "--launch-param", multiple=True, help="Launch parameter KEY=VALUE.")
+@click.option("-t", "--wall-time-min", type=float, default=0, show_default=True)
+@click.option("-pid", "--parent-id", multiple=True, help="Parent job id (repeat).")
+@click.option("--id", "job_id", help="Choose the job id (default: a fresh time-sorted id).")
+@click.option("-q", "--quiet", is_flag=True, help="Print only the new id.")
+@click.pass_context
+def job_create(ctx, app_name, workdir, param, tag, num_nodes, ranks_per_node, threads_per_rank,
+               threads_per_core, gpus_per_rank, node_packing_count, launch_param, wall_time_min,
+               parent_id, job_id, quiet):
+    """Create one job (validated now, taken in by the site)."""
+    from .submit import SubmitError, submit_jobs
+    layout = _site(ctx)
+    raw = {"app": app_name, "workdir": workdir, "parameters": _kv(param, "parameter"),
+           "tags": _kv(tag, "tag"), "num_nodes": num_nodes, "ranks_per_node": ranks_per_node,
+           "threads_per_rank": threads_per_rank, "threads_per_core": threads_per_core,
+           "gpus_per_rank": gpus_per_rank, "node_packing_count": node_packing_count,
+           "launch_params": _kv(launch_param, "launch param"), "wall_time_min": wall_time_min,
+           "parent_ids": list(parent_id)}
+    if job_id:
+        raw["id"] = job_id
+    try:
+        [rec] = submit_jobs(layout, [raw], source="spool job create")
+    except SubmitError as e:
+        raise UserError(str(e)) from None
+    click.echo(rec["id"] if quiet else f"Added job {rec['id']} ({app_name} in data/{rec['workdir']})")
+
+
+def _job_filter(state, exclude_state, tag, app_name, workdir, ids, parent=None):
+    from .spool.query import Filter
+    try:
+        flt = Filter.from_states(list(state), tags=_kv(tag, "tag"), app=app_name,
+                                 workdir_contains=workdir, ids=set(ids) if ids else None,
+                                 parent_id=parent)
+        for s in exclude_state:
+            from .spool.states import parse_state
+            d, f = parse_state(s)
+            flt.exclude_states.add(f or __import__("spoolbalsam.spool.states", fromlist=["x"]).DIR_STATE[d])
+    except ValueError as e:
+        raise UserError(str(e)) from None
+    return flt
+
+
+def _fmt_time(t) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(t)) if t else ""
+
+
+@job.command("ls")
+@click.option("-s", "--state", multiple=True, help="Balsam state (JOB_FINISHED, RUN_ERROR, …) or directory (ready, done, rejected, …).")
+@click.option("-ns", "--exclude-state", multiple=True)
+@click.option("-t", "--tag", "-tag", multiple=True, help="KEY=VALUE; all must match.")
+@click.option("-a", "--app", "app_name")
+@click.option("-w", "--workdir", help="Workdir contains this.")
+@click.option("-i", "--id", "ids", multiple=True)
+@click.option("--by-state", is_flag=True, help="Counts per state.")
+@click.option("-v", "--verbose", is_flag=True, help="Whole records.")
+@click.option("--json", "as_json", is_flag=True, help="One JSON record per line.")
+@click.pass_context
+def job_ls(ctx, state, exclude_state, tag, app_name, workdir, ids, by_state, verbose, as_json):
+    """List jobs (right even while the site is stopped)."""
+    from .spool.query import counts, select
+    layout = _site(ctx)
+    plain = not (state or exclude_state or tag or app_name or workdir or ids)
+    if by_state and plain:
+        for k, v in counts(layout).items():
+            click.echo(f"{k:10s} {v}")
+        return
+    flt = _job_filter(state, exclude_state, tag, app_name, workdir, ids)
+    if by_state:
+        tally: dict = {}
+        for rec in select(layout, flt):
+            tally[rec["state"]] = tally.get(rec["state"], 0) + 1
+        for k, v in sorted(tally.items()):
+            click.echo(f"{k:18s} {v}")
+        return
+    out = sys.stdout
+    if as_json:
+        import orjson
+        for rec in select(layout, flt):
+            out.write(orjson.dumps({k: v for k, v in rec.items() if k != "_path"}).decode() + "\n")
+        return
+    if verbose:
+        import yaml
+        for rec in select(layout, flt):
+            rec.pop("_path", None)
+            out.write("---\n" + yaml.safe_dump(rec, sort_keys=False))
+        return
+    rows = list(select(layout, flt))
+    if not rows:
+        click.echo("No jobs match." if not plain else "No jobs yet.")
+        return
+    rows.sort(key=lambda r: (r.get("created_at") or 0, r["id"]))
+    out.write(f"{'ID':28s} {'App':14s} {'Workdir':28s} {'State':17s} Tags\n")
+    for r in rows:
+        tags = " ".join(f"{k}={v}" for k, v in (r.get("tags") or {}).items())
+        extra = f"  {r['error']}" if r["state"] in ("FAILED", "REJECTED") and r.get("error") else ""
+        out.write(f"{r['id']:28s} {r.get('app', ''):14s} {r.get('workdir', ''):28s} "
+                  f"{r['state']:17s} {tags}{extra.splitlines()[0] if extra else ''}\n")
+
+
+@job.command("show")
+@click.argument("job_id")
+@click.pass_context
+def job_show(ctx, job_id):
+    """One job's whole record and history."""
+    import yaml
+
+    from .spool.query import Filter, select
+    layout = _site(ctx)
+    recs = list(select(layout, Filter(ids={job_id})))
+    if not recs:
+        raise UserError(f"no job {job_id} in {layout.root}; list them with `spool job ls`")
+    rec = recs[0]
+    hist = rec.pop("history", [])
+    rec.pop("_path", None)
+    click.echo(yaml.safe_dump(rec, sort_keys=False).rstrip())
+    click.echo("history:")
+    for h in hist:
+        click.echo(f"  {_fmt_time(h.get('t'))} {h.get('from') or '-':>16s} -> {h.get('to'):16s} "
+                   f"by {h.get('by')}{'  ' + h['msg'] if h.get('msg') else ''}")
+
+
+@job.command("rm")
+@click.option("-i", "--id", "ids", multiple=True)
+@click.option("-s", "--state", multiple=True)
+@click.option("-t", "--tag", "-tag", multiple=True)
+@click.option("--all", "all_", is_flag=True, help="Every job not running.")
+@click.option("-y", "--yes", is_flag=True)
+@click.pass_context
+def job_rm(ctx, ids, state, tag, all_, yes):
+    """Remove jobs that are not running (their data/ directories stay)."""
+    from .spool.query import select
+    layout = _site(ctx)
+    if not (ids or state or tag or all_):
+        raise UserError("say which jobs: --id, --state, --tag, or --all")
+    flt = _job_filter(state, (), tag, None, None, ids)
+    flt.dirs = tuple(d for d in flt.dirs if d not in ("running",))
+    recs = list(select(layout, flt))
+    if not recs:
+        click.echo("No jobs match.")
+        return
+    if not yes:
+        click.confirm(f"Really remove {len(recs)} job(s)?", abort=True)
+    trash = layout.site_dir / "removed"
+    trash.mkdir(parents=True, exist_ok=True)
+    n = 0
+    for r in recs:
+        # race: a launcher may claim a ready job at this moment; the rename decides.
+        if fsio.rename_quiet(Path(r["_path"]), trash / f"{r['id']}.json"):
+            n += 1
+    click.echo(f"Removed {n} job(s); their records are kept in {trash}")
+
+
+@job.command("retry")
+@click.argument("ids", nargs=-1, required=True)
+@click.pass_context
+def job_retry(ctx, ids):
+    """Put failed jobs back to ready (attempt + 1, retry counts reset)."""
+    from .spool.record import transition
+    from .spool.store import Store
+    from .spool.states import RESTART_READY
+    layout = _site(ctx)
+    store = Store(layout)
+    limbo = layout.site_dir / "limbo-cli"
+    for job_id in ids:
+        loc = store.locate(job_id)
+        if not loc or loc[0] != "failed":
+            where = f"in jobs/{loc[0]}/" if loc else "nowhere"
+            raise UserError(f"job {job_id} is {where}; only failed jobs can be retried")
+        rec = fsio.read_json(loc[1])
+        new = transition(rec, RESTART_READY, "spool job retry", "retried by user",
+                         attempt=rec.get("attempt", 1) + 1, error=None,
+                         retries={"errors": 0, "timeouts": 0})
+        if store.move_rewrite(loc[1], layout.job_path("ready", job_id), new, limbo):
+            click.echo(f"Job {job_id} is ready again (attempt {new['attempt']})")
+
+
+# ---------------------------------------------------------------------------------------
+@cli.group()
+def queue():
+    """Batch jobs: submit, list, terminate."""
+
+
+@queue.command("submit")
+@click.option("-n", "--num-nodes", type=int, required=True)
+@click.option("-t", "--wall-time-min", type=int, required=True)
+@click.option("-q", "--queue", "queue_name", help="Scheduler queue (default: the machine's first).")
+@click.option("-A", "--project", help="Project to charge.")
+@click.option("-j", "--job-mode", type=click.Choice(["mpi", "serial"]), required=True)
+@click.option("--tag", "-tag", multiple=True, help="Run only jobs with these tags.")
+@click.option("-x", "--extra-param", multiple=True, help="KEY=VALUE for the job template.")
+@click.pass_context
+def queue_submit(ctx, num_nodes, wall_time_min, queue_name, project, job_mode, tag, extra_param):
+    """Ask for an allocation; the site submits it to the scheduler."""
+    from . import batch
+    from . import service
+    layout = _site(ctx)
+    s = _settings(layout)
+    machine = settings_mod.machine_from_settings(s)
+    queue_name = queue_name or next(iter(s["scheduler"]["allowed_queues"] or machine.queues))
+    req = {"num_nodes": num_nodes, "wall_time_min": wall_time_min, "queue": queue_name,
+           "project": project or (s["scheduler"]["allowed_projects"] or [""])[0],
+           "job_mode": job_mode, "filter_tags": _kv(tag, "tag"),
+           "optional_params": _kv(extra_param, "extra param")}
+    try:
+        batch.validate_request(req, s, machine, str(layout.settings), batch.load_all(layout))
+    except batch.BatchRequestError as e:
+        raise UserError(str(e)) from None
+    bid = batch.create_request(layout, req)
+    click.echo(f"Batch job {bid} ({batch.job_name(bid)}): {num_nodes} node(s), {wall_time_min} min, "
+               f"{job_mode} mode, queue {queue_name}")
+    if not service.running_site(layout):
+        click.echo("Note: the site is not running; it submits batch jobs. Run `spool site start`.",
+                   err=True)
+
+
+@queue.command("ls")
+@click.option("-h", "--history", is_flag=True, help="Finished batch jobs too.")
+@click.option("-v", "--verbose", is_flag=True)
+@click.pass_context
+def queue_ls(ctx, history, verbose):
+    """List batch jobs (active ones; --history for all)."""
+    from . import batch
+    layout = _site(ctx)
+    recs = [r for r in batch.load_all(layout) if history or r["state"] not in batch.FINAL]
+    if not recs:
+        click.echo("No batch jobs." if history else "No active batch jobs (--history for all).")
+        return
+    click.echo(f"{'ID':>4s} {'Sched ID':14s} {'State':18s} {'Queue':14s} {'Nodes':>5s} "
+               f"{'Min':>5s} {'Mode':6s} Tags")
+    for r in recs:
+        tags = " ".join(f"{k}={v}" for k, v in (r.get("filter_tags") or {}).items())
+        click.echo(f"{r['id']:>4s} {str(r.get('scheduler_id') or '-'):14s} {r['state']:18s} "
+                   f"{str(r.get('queue')):14s} {r['num_nodes']:>5d} {r['wall_time_min']:>5g} "
+                   f"{r['job_mode']:6s} {tags}")
+        if verbose:
+            for key in ("project", "submit_script", "submit_time", "start_time", "end_time",
+                        "exit_code", "nodes"):
+                if r.get(key) not in (None, ""):
+                    val = _fmt_time(r[key]) if key.endswith("_time") else r[key]
+                    click.echo(f"       {key}: {val}")
+            for e in r.get("errors") or ():
+                click.echo(f"       error {_fmt_time(e['t'])}: {e['error']}")
+
+
+@queue.command("term")
+@click.argument("ident")
+@click.pass_context
+def queue_term(ctx, ident):
+    """Ask the site to delete a batch job (by scheduler id or batch id)."""
+    from . import batch
+    layout = _site(ctx)
+    for r in batch.load_all(layout):
+        if ident in (r["id"], str(r.get("scheduler_id"))):
+            if r["state"] in batch.FINAL:
+                raise UserError(f"batch job {r['id']} is already {r['state']}")
+            fsio.write_atomic(layout.batch / r["id"] / "term", b"requested\n")
+            click.echo(f"Batch job {r['id']} ({r.get('scheduler_id') or 'not submitted'}) will be deleted")
+            return
+    raise UserError(f"no batch job {ident}; see `spool queue ls --history`")
+
+
+# ---------------------------------------------------------------------------------------
+@cli.command("launcher")
+@click.option("-j", "--job-mode", type=click.Choice(["mpi", "serial"]), required=True)
+@click.option("-t", "--wall-time-min", type=float, required=True)
+@click.option("--tag", "-tag", multiple=True, help="Run only jobs with these tags.")
+@click.option("--batch-job", help="The batch job this launcher serves.")
+@click.option("--idle-ttl", type=float, help="Exit after this many idle seconds.")
+@click.option("--max-jobs", type=int, help="Stop after launching this many jobs.")
+@click.option("--worker", is_flag=True, hidden=True, help="Serial-mode worker on one node.")
+@click.pass_context
+def launcher_cmd(ctx, job_mode, wall_time_min, tag, batch_job, idle_ttl, max_jobs, worker):
+    """Run jobs in this allocation until the walltime or the work runs out."""
+    from .launch.entry import run_launcher
+    layout = _site(ctx)
+    s = _settings(layout)
+    reason = run_launcher(layout, s, mode=job_mode, wall_time_min=wall_time_min,
+                          filter_tags=_kv(tag, "tag"), batch_job=batch_job, idle_ttl=idle_ttl,
+                          max_jobs=max_jobs, worker=worker)
+    click.echo(f"launcher finished: {reason}", err=True)
+
+
+def main() -> None:
+    try:
+        cli(prog_name="spool")
+    except Exception as e:  # noqa: BLE001 - every failure is one line unless asked
+        if os.environ.get("SPOOL_TRACEBACK"):
+            raise
+        click.echo(f"spool: {e} (set SPOOL_TRACEBACK=1 for details)", err=True)
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

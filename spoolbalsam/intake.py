@@ -1,0 +1,92 @@
+"""Checking a job against the site: app, parameters, resources, id, parents.
+
+``check_job`` is the one validation every path uses: the site's intake of dropped files,
+``spool job create`` and the Python API (which check before writing, so the user hears at
+once) all call it; the site re-checks on intake, since anything can write ``created/``.
+It decides where a valid job goes: ``ready``, ``waiting`` (a parent not done yet) or
+``failed`` (a parent failed).  Every refusal is an ``InvalidJob`` naming the source and
+the field.
+"""
+from __future__ import annotations
+
+from .spool import states as S
+from .spool import fsio
+from .spool.record import InvalidJob, transition
+
+
+def resource_problem(rec: dict, machine) -> tuple[str, str] | None:
+    """(field, reason) if the job can never fit one node of ``machine``."""
+    if machine is None:
+        return None
+    from .launch.resources import Request
+    try:
+        req = Request.from_job(rec)
+    except ValueError as e:
+        return "node_packing_count", str(e)
+    cpus, gpus = machine.cpus_per_node, len(machine.gpu_ids)
+    if req.cpus_per_node > cpus:
+        return ("ranks_per_node", f"asks {req.cpus_per_node} cores per node (ranks x threads / "
+                f"threads_per_core); nodes of machine {machine.name} have {cpus}")
+    if req.gpus_per_node > gpus:
+        return ("gpus_per_rank", f"asks {req.gpus_per_node} GPUs per node (ranks x gpus_per_rank); "
+                f"nodes of machine {machine.name} have {gpus}")
+    return None
+
+
+def check_job(rec: dict, source: str, apps, store, machine,
+              published: dict | None = None) -> tuple[dict | None, str]:
+    """(record in its first state, directory) — or (None, dir) if it is already in the site
+    from this very file (``intake_digest`` matches: a crash after publishing)."""
+    published = published if published is not None else {}
+    job_id = rec["id"]
+    if job_id in published:
+        raise InvalidJob(source, "id", f"{job_id!r} was submitted twice in the same batch")
+    found = store.locate(job_id)
+    if found and found[0] != "created":
+        try:
+            existing = fsio.read_json(found[1])
+        except (FileNotFoundError, ValueError):
+            existing = {}
+        if rec.get("intake_digest") and existing.get("intake_digest") == rec["intake_digest"]:
+            return None, found[0]
+        raise InvalidJob(source, "id", f"job {job_id} already exists (in jobs/{found[0]}/); "
+                         "submit without an id to get a fresh one")
+    app = apps.get(rec["app"])
+    if app is None:
+        err = apps.errors.get(rec["app"])
+        if err:
+            raise InvalidJob(source, "app", f"app {rec['app']} is broken: {err}")
+        known = ", ".join(apps.names()) or "none yet"
+        raise InvalidJob(source, "app", f"unknown app {rec['app']!r} (known: {known}); "
+                         f"add apps/{rec['app']}.yml")
+    problem = app.check_parameters(rec["parameters"])
+    if problem:
+        raise InvalidJob(source, "parameters", problem)
+    if app.command_template:
+        try:
+            app.render(rec["parameters"])
+        except Exception as e:  # jinja2 errors: the app's template with these values
+            raise InvalidJob(source, "parameters", f"app {app.name} cannot render: {e}") from None
+    bad = resource_problem(rec, machine)
+    if bad:
+        raise InvalidJob(source, bad[0], bad[1])
+    failed_parent, waiting = None, False
+    for p in rec["parent_ids"]:
+        if p == job_id:
+            raise InvalidJob(source, "parent_ids", "a job cannot be its own parent")
+        where = published.get(p)
+        if where is None:
+            loc = store.locate(p)
+            where = loc[0] if loc else None
+        if where is None:
+            raise InvalidJob(source, "parent_ids", f"parent {p} does not exist in this site")
+        if where == "failed":
+            failed_parent = p
+        elif where != "done":
+            waiting = True
+    if failed_parent:
+        msg = f"parent {failed_parent} failed"
+        return transition(rec, S.FAILED, "site", msg, error=msg), "failed"
+    if waiting:
+        return transition(rec, S.AWAITING_PARENTS, "site"), "waiting"
+    return transition(rec, S.READY, "site"), "ready"

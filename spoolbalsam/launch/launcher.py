@@ -1,0 +1,371 @@
+"""The launcher: claim ready jobs by rename and run them on the allocation's free resources.
+
+One launcher is one claimer with its own id L, its own ``jobs/running/L/`` and its own
+``launchers/L/`` (lease, event log, limbo).  Serial mode runs one launcher per node, each
+placing single-node jobs on its own cores and gpus and starting them directly; MPI mode runs
+one launcher on the head node that places jobs over all nodes and starts each through the
+machine's mpiexec.  There is no master and no socket: the spool is the only channel.
+
+One ``tick(now)``:
+
+1. heartbeat (the lease counter);
+2. reap finished processes: rc 0 -> event RUN_DONE + JOB_FINISHED, then rename to
+   ``done/``; rc != 0 -> RUN_ERROR, then the retry policy: back to ``ready/`` with
+   ``attempt + 1`` or to ``failed/`` with the tail of job.out.  Events are written (and
+   synced, once per tick) *before* the renames, so a verdict is never lost;
+3. near the walltime (or on SIGTERM / a stop file): stop starting jobs, SIGTERM running
+   ones, SIGKILL after the grace; they end RUN_TIMEOUT and go back to ``ready/`` for the
+   next allocation;
+4. fill free resources: read candidates from a random bucket of ``ready/``, keep those whose
+   tags match, whose ``wall_time_min`` fits the time left and that could ever fit here; let
+   ``placement.choose`` place them (no head-of-line blocking, no starvation), claim each by
+   rename and start it.  A lost race (ENOENT) just releases the placement.
+
+The loop exits when the walltime is used up, after ``idle_ttl_sec`` with nothing running
+and nothing claimable, when the mpiexec budget is spent and running jobs have finished, or
+on a stop request.  Every exit logs why and leaves ``running/L/`` empty.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import time
+from pathlib import Path
+
+from ..spool import states as S
+from ..apps import AppRegistry
+from ..spool import fsio
+from ..spool.events import apply_event
+from ..spool.ids import new_id
+from ..spool.layout import Layout
+from ..spool.lease import LeaseWriter, proc_start
+from ..spool.policy import after_failure, policy_for
+from ..spool.store import Store
+from . import runner
+from .placement import NodePool, choose
+from .resources import NodeSpec, Request
+
+log = logging.getLogger("spoolbalsam.launcher")
+IDLE_SCAN_SEC = 0.1          # rescan an empty ready/ this often
+MAX_SCAN_BUCKETS = 16        # buckets read per fill before giving the loop back
+
+
+class Launcher:
+    def __init__(self, layout: Layout, settings: dict, machine, *, mode: str,
+                 nodes: list[NodeSpec], wall_time_min: float, filter_tags: dict | None = None,
+                 launcher_id: str | None = None, batch_job: str | None = None,
+                 scheduler_id: str | None = None, idle_ttl_sec: float | None = None,
+                 max_jobs: int | None = None):
+        if mode not in ("serial", "mpi"):
+            raise ValueError(f"job mode must be serial or mpi, got {mode!r}")
+        lset = settings.get("launcher", {})
+        self.layout, self.settings, self.machine, self.mode = layout, settings, machine, mode
+        self.id = launcher_id or f"{mode}-{fsio.HOST.split('.')[0]}-{new_id()[-8:]}"
+        self.store = Store(layout, settings.get("claim_mode", "rename"))
+        self.apps = AppRegistry(layout.apps)
+        self.pool = NodePool(nodes)
+        self.filter_tags = {**settings.get("filter_tags", {}), **(filter_tags or {})}
+        self.idle_ttl = lset.get("idle_ttl_sec", 30.0) if idle_ttl_sec is None else idle_ttl_sec
+        self.delay = lset.get("delay_sec", 0.002)
+        self.grace = lset.get("sigterm_grace_sec", 10.0)
+        self.margin = lset.get("walltime_margin_min", 1.0) * 60
+        self.tail_lines = lset.get("error_tail_num_lines", 10)
+        self.prefetch = lset.get("prefetch", 64)
+        self.max_mpiexec = machine.max_mpiexec_per_batch_job if mode == "mpi" else None
+        self.max_concurrent = machine.max_concurrent_mpiruns if mode == "mpi" else None
+        self.max_jobs = max_jobs
+        self.batch_job = batch_job
+        self.scheduler_id = scheduler_id
+        self.t0 = time.monotonic()
+        self.end_at = self.t0 + wall_time_min * 60 if wall_time_min else float("inf")
+        self.dir = layout.launcher_dir(self.id)
+        self.rdir = layout.running / self.id
+        self.limbo = self.dir / "limbo"
+        for d in (self.dir, self.rdir, self.limbo):
+            d.mkdir(parents=True, exist_ok=True)
+        self.events = fsio.AppendLog(self.dir / "events.jsonl")
+        self.lease = LeaseWriter(self.dir / "lease.json", settings.get("lease_interval_sec", 5.0),
+                                 host=fsio.HOST, pid=os.getpid(), pid_start=proc_start(os.getpid()),
+                                 mode=mode, batch_job=batch_job, scheduler_id=scheduler_id,
+                                 nodes=[n.name for n in nodes], state="running")
+        self.lease.beat(force=True)
+        self.running: dict[str, runner.Running] = {}
+        self.cands: list[Path] = []
+        self.buckets: list[str] = []
+        self.skip: set[str] = set()             # never claimable here (tags, size)
+        self.passed: dict[str, int] = {}
+        self.next_scan = 0.0
+        self.idle_since = time.monotonic()
+        self.launches = 0
+        self.finished = 0
+        self.draining: str | None = None        # why we stopped starting jobs
+        self.exit_reason: str | None = None
+        self.pending_moves: list = []
+
+    # ---- events ---------------------------------------------------------------------------
+    def emit(self, rec: dict, to: str, **details) -> dict:
+        ev = {"t": time.time(), "job": rec["id"], "attempt": rec.get("attempt", 1), "to": to,
+              "by": self.id, "launcher": self.id, **details}
+        if self.batch_job:
+            ev.setdefault("batch_job", self.batch_job)
+        self.events.append(ev)
+        return apply_event(rec, ev)
+
+    # ---- the loop -------------------------------------------------------------------------
+    def request_stop(self, why: str) -> None:
+        if not self.draining:
+            self.draining = why
+            log.info("launcher %s: %s; no new jobs, stopping running ones", self.id, why)
+            for run in self.running.values():
+                run.timed_out = True
+                runner.terminate(run, self.grace)
+
+    def tick(self, now: float | None = None) -> bool:
+        """One iteration; False when the launcher is done."""
+        now = time.monotonic() if now is None else now
+        self.lease.beat(now)
+        if (self.dir / "stop").exists():
+            self.request_stop("stop requested")
+        if now >= self.end_at - self.margin:
+            self.request_stop("walltime nearly used up")
+        self.reap(now)
+        if not self.draining:
+            if self.max_mpiexec is not None and self.launches >= self.max_mpiexec:
+                self.draining = f"mpiexec budget of {self.max_mpiexec} launches spent"
+                log.info("launcher %s: %s; finishing running jobs", self.id, self.draining)
+            elif self.max_jobs is not None and self.launches >= self.max_jobs:
+                self.draining = f"max_jobs {self.max_jobs} reached"
+            else:
+                self.fill(now)
+        if self.running:
+            self.idle_since = now
+        if self.draining and not self.running:
+            self.exit_reason = self.draining
+            return False
+        if not self.running and not self.cands and now - self.idle_since >= self.idle_ttl:
+            self.exit_reason = f"idle for {self.idle_ttl:g} s"
+            return False
+        return True
+
+    def run(self) -> str:
+        """Tick until done; returns why the launcher stopped."""
+        signal.signal(signal.SIGTERM, lambda *_: self.request_stop("SIGTERM"))
+        signal.signal(signal.SIGINT, lambda *_: self.request_stop("SIGINT"))
+        try:
+            while self.tick():
+                time.sleep(self.delay if self.running else min(IDLE_SCAN_SEC, 0.05))
+        finally:
+            self.shutdown()
+        return self.exit_reason or "stopped"
+
+    def shutdown(self) -> None:
+        """Leave nothing behind: end running jobs, return unstarted claims, say goodbye."""
+        if self.running:
+            self.request_stop(self.draining or "launcher exiting")
+            deadline = time.monotonic() + self.grace + 5
+            while self.running and time.monotonic() < deadline:
+                self.reap(time.monotonic())
+                time.sleep(0.01)
+        # race: a claim whose start failed, or a job claimed just before the stop, is in
+        # running/L/ but not running; it was never started, so it goes back unchanged.
+        for name in fsio.list_names(self.rdir):
+            job_id = name[:-5]
+            if job_id not in self.running:
+                if self.store.move(self.rdir / name, self.layout.job_path("ready", job_id)):
+                    self.store.drop_token(job_id)
+        self.events.close()
+        self.lease.beat(force=True, state="exited", exit_reason=self.exit_reason or self.draining,
+                        launches=self.launches, finished=self.finished)
+        try:
+            self.rdir.rmdir()
+        except OSError:
+            pass
+        log.info("launcher %s exits: %s (%d launched, %d finished)", self.id,
+                 self.exit_reason or self.draining, self.launches, self.finished)
+
+    # ---- reaping --------------------------------------------------------------------------
+    def reap(self, now: float) -> None:
+        ended = []
+        for job_id, run in self.running.items():
+            rc = run.proc.poll()
+            if rc is None:
+                runner.kill_if_due(run, now)
+                continue
+            ended.append((run, rc))
+        if not ended:
+            return
+        moves = []
+        for run, rc in ended:
+            del self.running[run.job_id]
+            self.pool.release(run.placement)
+            self.finished += 1
+            moves.append(self._verdict(run, rc))
+        self.events.flush()            # verdicts durable before any rename makes them visible
+        for move in moves:
+            move()
+
+    def _verdict(self, run: runner.Running, rc: int):
+        rec = run.record
+        details = {"return_code": rc, "ended_at": time.time(), "started_at": run.started_at,
+                   "host": run.placement.hosts[0], "placement": run.placement.to_json()}
+        app = self.apps.get(rec["app"])
+        if rc == 0 and not run.timed_out:
+            rec = self.emit(rec, S.RUN_DONE, **details)
+            self.emit(rec, S.JOB_FINISHED)
+            cleanup = app.cleanup_files if app else ()
+            return lambda: self._finish(run, "done", None, cleanup)
+        if run.timed_out:
+            msg = f"stopped by the launcher ({self.draining})"
+            rec = self.emit(rec, S.RUN_TIMEOUT, msg=msg, **details)
+            kind = "timeouts"
+        else:
+            msg = f"exit code {rc}"
+            rec = self.emit(rec, S.RUN_ERROR, msg=msg, error=runner.tail(run.out, self.tail_lines),
+                            **details)
+            kind = "errors"
+        where, state, fields, why = after_failure(rec, kind, policy_for(app, rec), msg)
+        if state == S.FAILED and kind == "errors":
+            fields["error"] = f"{why}\n{runner.tail(run.out, self.tail_lines)}"
+        rec = self.emit(rec, state, msg=why, **fields)
+        return lambda: self._finish(run, where, rec, ())
+
+    def _finish(self, run: runner.Running, where: str, record: dict | None, cleanup) -> None:
+        dst = self.layout.job_path(where, run.job_id)
+        if record is None:
+            ok = self.store.move(run.path, dst)
+        else:
+            ok = self.store.move_rewrite(run.path, dst, record, self.limbo)
+        if not ok:
+            # race: the site revoked this job (it judged us dead) while it ran; our verdict
+            # stays in our event log for the record, but the job belongs to its next attempt.
+            self.events.append({"t": time.time(), "job": run.job_id, "zombie": True,
+                                "attempt": run.record.get("attempt", 1), "by": self.id})
+            log.warning("job %s was revoked while running here; verdict kept as zombie event",
+                        run.job_id)
+            return
+        self.store.drop_token(run.job_id)
+        if cleanup:
+            _cleanup(run.out.parent, cleanup)
+
+    # ---- filling --------------------------------------------------------------------------
+    def _next_candidates(self, now: float) -> None:
+        """Refill the candidate list from random buckets of ready/ (names only)."""
+        if now < self.next_scan:
+            return
+        scanned = 0
+        while len(self.cands) < self.prefetch and scanned < MAX_SCAN_BUCKETS:
+            if not self.buckets:
+                self.buckets = self.store.ready_buckets()
+                if not self.buckets:
+                    break
+            names = self.store.ready_names(self.buckets.pop())
+            scanned += 1
+            self.cands.extend(p for p in names if p.name not in self.skip)
+            if not self.buckets:
+                break                  # a full round: let the loop run before another
+        if not self.cands:
+            self.next_scan = now + IDLE_SCAN_SEC
+
+    def fill(self, now: float) -> None:
+        free_runs = None
+        if self.max_concurrent is not None:
+            free_runs = self.max_concurrent - len(self.running)
+        if self.max_mpiexec is not None:
+            left = self.max_mpiexec - self.launches
+            free_runs = left if free_runs is None else min(free_runs, left)
+        if free_runs is not None and free_runs <= 0:
+            return
+        self._next_candidates(now)
+        if not self.cands:
+            return
+        time_left_min = (self.end_at - self.margin - now) / 60
+        batch: list[tuple[Path, Request]] = []
+        recs: dict[Path, dict] = {}
+        keep: list[Path] = []
+        for path in self.cands:
+            if len(batch) >= self.prefetch:
+                keep.append(path)
+                continue
+            try:
+                rec = fsio.read_json(path)
+            except (FileNotFoundError, ValueError):
+                continue                 # claimed by someone else (or being rewritten)
+            why = self._unsuitable(rec, time_left_min)
+            if why:
+                if why != "later":
+                    self.skip.add(path.name)
+                continue
+            try:
+                req = Request.from_job(rec)
+            except ValueError as e:
+                log.warning("job %s: %s; skipped", rec.get("id"), e)
+                self.skip.add(path.name)
+                continue
+            reason = self.pool.fits_ever(req)
+            if reason:
+                log.info("job %s never fits this allocation (%s); left for another", rec["id"], reason)
+                self.skip.add(path.name)
+                continue
+            batch.append((path, req))
+            recs[path] = rec
+        chosen = choose(self.pool, batch, passed_over=self.passed, max_jobs=free_runs)
+        placed = set()
+        for path, placement in chosen:
+            placed.add(path)
+            claimed = self.store.claim(path, self.id)
+            if claimed is None:
+                self.pool.release(placement)
+                continue
+            self._start(claimed, placement)
+        self.cands = [p for p, _ in batch if p not in placed] + keep
+
+    def _unsuitable(self, rec: dict, time_left_min: float) -> str | None:
+        tags = rec.get("tags") or {}
+        for k, v in self.filter_tags.items():
+            if tags.get(k) != v:
+                return "tags"
+        wall = rec.get("wall_time_min") or 0
+        if wall and wall > time_left_min:
+            return "later" if wall <= (self.end_at - self.t0) / 60 else "too long"
+        return None
+
+    def _start(self, path: Path, placement) -> None:
+        try:
+            rec = fsio.read_json(path)   # the claimed content is the authority
+        except (FileNotFoundError, ValueError):
+            self.pool.release(placement)
+            return
+        app = self.apps.get(rec["app"])
+        if app is None:
+            rec = self.emit(rec, S.FAILED, msg=f"app {rec['app']} is missing or broken",
+                            error=self.apps.errors.get(rec["app"], f"apps/{rec['app']}.yml missing"))
+            self.events.flush()
+            self.store.move_rewrite(path, self.layout.job_path("failed", rec["id"]), rec, self.limbo)
+            self.pool.release(placement)
+            return
+        workdir = self.layout.workdir(rec["workdir"])
+        rec = self.emit(rec, S.RUNNING, host=placement.hosts[0], placement=placement.to_json(),
+                        started_at=time.time())
+        try:
+            run = runner.start(rec, app, placement, site_root=self.layout.root, workdir=workdir,
+                               machine=self.machine, mode=self.mode, path=path)
+        except OSError as e:
+            msg = f"could not start: {e}"
+            rec = self.emit(rec, S.FAILED, msg=msg, error=msg)
+            self.events.flush()
+            self.store.move_rewrite(path, self.layout.job_path("failed", rec["id"]), rec, self.limbo)
+            self.pool.release(placement)
+            return
+        self.launches += 1
+        self.running[rec["id"]] = run
+
+
+def _cleanup(workdir: Path, globs) -> None:
+    for pattern in globs:
+        for p in workdir.glob(pattern):
+            try:
+                if workdir in p.resolve().parents and p.is_file():
+                    p.unlink()
+            except OSError:
+                pass

@@ -1,0 +1,111 @@
+"""Start one job's process and collect its end.
+
+A job runs in ``data/<workdir>/`` with stdout and stderr in ``job.out`` (truncated at each
+launch), in a new session (so a timeout kills the whole process group), with::
+
+    SPOOL_JOB_ID  SPOOL_SITE  SPOOL_ATTEMPT  SPOOL_WORKDIR  OMP_NUM_THREADS
+    the app's environment_variables, and the gpu variables of the ids it was given
+    (ZE_AFFINITY_MASK on Aurora, CUDA_VISIBLE_DEVICES on Polaris, SPOOL_GPU_IDS always)
+
+``local`` execution runs the command directly on this node (serial mode); ``mpi`` execution
+wraps it in the machine's mpiexec/srun for the placement's hosts, with per-rank gpu binding.
+"""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..apps import App, argv_for
+from .resources import Placement
+
+
+@dataclass
+class Running:
+    job_id: str
+    record: dict
+    path: Path                  # running/L/ID.json
+    placement: Placement
+    proc: subprocess.Popen
+    out: Path
+    started_at: float
+    started_mono: float
+    kill_at: float | None = None          # monotonic: SIGKILL after this
+    timed_out: bool = False
+    extra: dict = field(default_factory=dict)
+
+
+def job_environment(rec: dict, app: App, site_root: Path, workdir: Path, machine,
+                    gpus: tuple[str, ...]) -> dict:
+    env = dict(os.environ)
+    env.update(app.environment_variables)
+    env.update(SPOOL_JOB_ID=rec["id"], SPOOL_SITE=str(site_root),
+               SPOOL_ATTEMPT=str(rec.get("attempt", 1)), SPOOL_WORKDIR=str(workdir),
+               OMP_NUM_THREADS=str(rec.get("threads_per_rank", 1)))
+    if gpus:
+        env["SPOOL_GPU_IDS"] = ",".join(gpus)
+        env.update(machine.gpu_env_for(tuple(gpus)))
+    return env
+
+
+def command_for(rec: dict, app: App) -> str:
+    cmd = app.render(rec.get("parameters") or {})
+    if app.shell_preamble:
+        cmd = f"{app.shell_preamble}\n{cmd}"
+    return cmd
+
+
+def start(rec: dict, app: App, placement: Placement, *, site_root: Path, workdir: Path,
+          machine, mode: str, path: Path, argv: list[str] | None = None) -> Running:
+    """Start ``rec``.  ``argv`` overrides the rendered command (Python run() apps)."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    out = workdir / "job.out"
+    command = argv or argv_for(command_for(rec, app))
+    if mode == "mpi":
+        # mpiexec carries the job's own variables and binds each rank to its own gpus.
+        from .mpi import job_argv
+        from .resources import Request
+        env = job_environment(rec, app, site_root, workdir, machine, ())
+        own = {k: env[k] for k in env if k.startswith("SPOOL_") or k in app.environment_variables}
+        command = job_argv(machine, placement, Request.from_job(rec), command, env=own,
+                           launch_params=rec.get("launch_params") or {})
+    else:
+        env = job_environment(rec, app, site_root, workdir, machine, placement.gpus[0])
+    with open(out, "wb") as fh:
+        proc = subprocess.Popen(command, cwd=workdir, stdout=fh, stderr=subprocess.STDOUT,
+                                stdin=subprocess.DEVNULL, env=env, start_new_session=True)
+    return Running(rec["id"], rec, path, placement, proc, out, time.time(), time.monotonic())
+
+
+def terminate(run: Running, grace: float) -> None:
+    """SIGTERM the job's process group now; SIGKILL it after ``grace`` seconds."""
+    if run.kill_at is None:
+        _signal_group(run.proc, signal.SIGTERM)
+        run.kill_at = time.monotonic() + grace
+
+
+def kill_if_due(run: Running, now: float) -> None:
+    if run.kill_at is not None and now >= run.kill_at and run.proc.poll() is None:
+        _signal_group(run.proc, signal.SIGKILL)
+
+
+def _signal_group(proc: subprocess.Popen, sig: int) -> None:
+    try:
+        os.killpg(proc.pid, sig)
+    except ProcessLookupError:
+        pass
+
+
+def tail(path: Path, lines: int, max_bytes: int = 8192) -> str:
+    try:
+        with open(path, "rb") as f:
+            f.seek(0, os.SEEK_END)
+            size = f.tell()
+            f.seek(max(0, size - max_bytes))
+            data = f.read()
+    except FileNotFoundError:
+        return ""
+    return "\n".join(data.decode(errors="replace").splitlines()[-lines:])

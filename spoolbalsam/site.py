@@ -1,0 +1,340 @@
+"""The site process: the only writer of waiting/, done/ and failed/ records.
+
+One ``tick()`` does, in order:
+
+1. **intake** — every file dropped in ``jobs/created/`` is validated (JSON, known app,
+   parameters, resources, workdir inside ``data/``, unique id, existing parents) and published
+   to ``waiting/`` or ``ready/`` (or ``failed/`` if a parent already failed).  A file that is
+   not a valid job is renamed, byte for byte, to ``jobs/rejected/`` beside a one-line
+   ``.reason``.  Bad input never stops the site.
+2. **merge** — new lines of every launcher's event log are merged into the records in
+   ``done/`` and ``failed/`` (grouped under two syncs), and children whose parents are all
+   done move to ``ready/``; children of a failed parent fail, naming it.
+3. **liveness** — every launcher's lease is judged (``spool.lease``).  The jobs of a dead
+   launcher are revoked: renamed out of ``running/L/`` (the commit point) and republished in
+   ``ready/`` with ``attempt + 1`` (or ``failed/`` when the retry policy is spent).
+4. **batch jobs** — pending submissions go to the scheduler; ended allocations are noticed.
+
+Crash safety: ``recover()`` runs at start.  It finishes half-done moves left in the limbo
+directories, rebuilds the parent→children index from ``waiting/`` and re-checks every
+waiting job, so a ``kill -9`` of the site at any point loses nothing; ``spool site start``
+resumes.  Intake is idempotent: a record carries the digest of the file it came from, so a
+file whose record was published before a crash is recognised and just removed.
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import threading
+import time
+from pathlib import Path
+
+import orjson
+
+from .spool import states as S
+from .apps import AppRegistry
+from .spool import fsio
+from .spool.events import apply_event, event_logs, merged_offsets
+from .spool.ids import valid_id
+from .spool.layout import Layout
+from .spool.lease import DEAD, EXITED, LeaseJudge, read_lease
+from .intake import check_job
+from .spool.policy import after_failure, policy_for
+from .spool.record import InvalidJob, normalize, transition
+from .spool.store import Store
+
+log = logging.getLogger("spoolbalsam.site")
+INTAKE_BATCH = 5000
+FINAL = (S.JOB_FINISHED, S.FAILED)
+
+
+class Site:
+    def __init__(self, layout: Layout, settings: dict, machine=None):
+        self.layout = layout
+        self.settings = settings
+        self.store = Store(layout, settings.get("claim_mode", "rename"))
+        self.apps = AppRegistry(layout.apps)
+        self.limbo = layout.site_dir / "limbo"
+        self.judge = LeaseJudge(settings.get("lease_stale_sec", 60.0))
+        self.offsets: dict[str, int] = merged_offsets(layout)
+        self.children: dict[str, set[str]] = {}
+        self.unsettled: dict[str, dict] = {}    # job -> final event whose rename never happened
+        self.events = fsio.AppendLog(layout.site_dir / "events.jsonl")
+        self.machine = machine
+        self.batch = None                        # BatchManager, attached by the runner
+
+    # ---- start-up -------------------------------------------------------------------------
+    def recover(self) -> None:
+        """Finish what a crash left half-done; rebuild in-memory indexes from disk."""
+        for job_id in self.store.finish_limbo(self.limbo):
+            log.info("recovered half-done move of job %s", job_id)
+        self.children.clear()
+        waiting = []
+        for _, path in self.store.iter_dir("waiting"):
+            try:
+                rec = fsio.read_json(path)
+            except (FileNotFoundError, ValueError):
+                continue
+            waiting.append(rec)
+            for p in rec.get("parent_ids", ()):
+                self.children.setdefault(p, set()).add(rec["id"])
+        for rec in waiting:
+            self._settle_waiting(rec["id"])
+        self._sweep_temps()
+
+    def _sweep_temps(self, older_than: float = 3600.0) -> None:
+        """Remove dot-temps a crashed writer left behind (only old ones: a live writer's
+        temp is seconds old)."""
+        cutoff = time.time() - older_than
+        for d in (self.layout.created, *(self.layout.state_dir(s) for s in S.SHARDED_DIRS)):
+            for root, _, files in os.walk(d):
+                for f in files:
+                    if f.startswith("."):
+                        p = Path(root) / f
+                        try:
+                            if p.stat().st_mtime < cutoff:
+                                p.unlink()
+                        except FileNotFoundError:
+                            pass
+
+    # ---- one iteration --------------------------------------------------------------------
+    def tick(self, now: float | None = None) -> dict:
+        now = time.monotonic() if now is None else now
+        counts = {"intake": self.intake(), "merged": self.merge()}
+        counts["revoked"] = self.check_launchers(now)
+        if self.batch is not None:
+            self.batch.tick(now)
+        self.events.flush(durable=False)
+        return counts
+
+    # ---- 1. intake ------------------------------------------------------------------------
+    def intake(self, limit: int = INTAKE_BATCH) -> int:
+        names = sorted(fsio.list_names(self.layout.created))[:limit]
+        if not names:
+            return 0
+        batch = fsio.Batch(self.layout.jobs)
+        published: dict[str, str] = {}          # id -> directory, for this batch
+        taken: list[Path] = []
+        for name in names:
+            src = self.layout.created / name
+            try:
+                data = fsio.read_bytes(src)
+            except FileNotFoundError:
+                continue
+            try:
+                rec, where = self._validate(name, data, published)
+            except InvalidJob as e:
+                self._reject(src, name, str(e))
+                continue
+            if rec is None:                      # already published before a crash
+                taken.append(src)
+                continue
+            batch.add_json(self.layout.job_path(where, rec["id"]), rec)
+            published[rec["id"]] = where
+            taken.append(src)
+            if where == "waiting":
+                for p in rec["parent_ids"]:
+                    self.children.setdefault(p, set()).add(rec["id"])
+        batch.commit()
+        for src in taken:
+            fsio.unlink_quiet(src)
+        # race: a parent may have finished between our look at it and the publication of
+        # its waiting child; the merge that saw it could not see the child yet.  Settle the
+        # new waiting jobs once more now that they are visible.
+        for job_id, where in published.items():
+            if where == "waiting":
+                self._settle_waiting(job_id)
+        return len(taken)
+
+    def _validate(self, name: str, data: bytes, published: dict) -> tuple[dict | None, str]:
+        source = f"jobs/created/{name}"
+        try:
+            raw = orjson.loads(data)
+        except orjson.JSONDecodeError as e:
+            raise InvalidJob(source, None, f"not valid JSON: {e}") from None
+        stem = name[: -len(".json")]
+        rec = normalize(raw, source, default_id=stem if valid_id(stem) else None)
+        rec["intake_digest"] = hashlib.sha1(data).hexdigest()[:16]
+        return check_job(rec, source, self.apps, self.store, self.machine, published)
+
+    def _reject(self, src: Path, name: str, reason: str) -> None:
+        stamp = time.strftime("%Y%m%dT%H%M%S")
+        dst = self.layout.rejected / f"{stamp}-{name}"
+        n = 1
+        while dst.exists():
+            dst = self.layout.rejected / f"{stamp}.{n}-{name}"
+            n += 1
+        fsio.write_atomic(dst.with_name(dst.name + ".reason"), (reason + "\n").encode())
+        if self.store.move(src, dst):
+            self.events.append({"t": time.time(), "rejected": name, "as": dst.name,
+                                "reason": reason})
+            log.warning("rejected %s: %s", name, reason)
+
+    # ---- 2. merge launcher events ---------------------------------------------------------
+    def merge(self) -> int:
+        merged = 0
+        changed = False
+        for launcher, path in event_logs(self.layout).items():
+            start = self.offsets.get(launcher, 0)
+            events, end = fsio.read_lines_from(path, start)
+            if end == start:
+                continue
+            by_job: dict[str, list[dict]] = {}
+            for ev in events:
+                if "job" in ev and "to" in ev:
+                    by_job.setdefault(ev["job"], []).append(ev)
+            batch = fsio.Batch(self.layout.jobs)
+            finished, failed = [], []
+            for job_id, evs in by_job.items():
+                final = evs[-1]["to"]
+                if final not in FINAL:
+                    continue
+                where = "done" if final == S.JOB_FINISHED else "failed"
+                path_ = self.layout.job_path(where, job_id)
+                try:
+                    rec = fsio.read_json(path_)
+                except FileNotFoundError:
+                    # The launcher wrote its verdict but did not (yet) rename the job.
+                    self.unsettled[job_id] = evs[-1]
+                    continue
+                new = rec
+                for ev in evs:
+                    new = apply_event(new, ev)
+                if new is not rec:
+                    self.store.move_rewrite(path_, path_, new, self.limbo, batch)
+                    merged += 1
+                (finished if where == "done" else failed).append(job_id)
+            batch.commit()
+            self.offsets[launcher] = end
+            changed = True
+            for job_id in finished:
+                self.unsettled.pop(job_id, None)
+                self._release_children(job_id)
+            for job_id in failed:
+                self.unsettled.pop(job_id, None)
+                self._fail_children(job_id)
+        if changed:
+            fsio.write_json_atomic(self.layout.site_dir / "merged.json", self.offsets)
+        return merged
+
+    def _release_children(self, parent: str) -> None:
+        for child in self.children.pop(parent, ()):
+            self._settle_waiting(child)
+
+    def _settle_waiting(self, child: str) -> None:
+        """Move a waiting job on if its parents allow: all done -> ready, one failed -> failed."""
+        path = self.layout.job_path("waiting", child)
+        try:
+            rec = fsio.read_json(path)
+        except FileNotFoundError:
+            return
+        pending = []
+        for p in rec.get("parent_ids", ()):
+            loc = self.store.locate(p)
+            where = loc[0] if loc else None
+            if where == "failed" or where is None:
+                why = f"parent {p} failed" if where else f"parent {p} no longer exists"
+                new = transition(rec, S.FAILED, "site", why, error=why)
+                if self.store.move_rewrite(path, self.layout.job_path("failed", child), new, self.limbo):
+                    self._fail_children(child)
+                return
+            if where != "done":
+                pending.append(p)
+        if pending:
+            for p in pending:
+                self.children.setdefault(p, set()).add(child)
+            return
+        new = transition(rec, S.READY, "site", "all parents finished")
+        self.store.move_rewrite(path, self.layout.job_path("ready", child), new, self.limbo)
+
+    def _fail_children(self, parent: str) -> None:
+        for child in self.children.pop(parent, ()):
+            self._settle_waiting(child)
+
+    # ---- 3. launcher liveness -------------------------------------------------------------
+    def check_launchers(self, now: float) -> int:
+        revoked = 0
+        for launcher in fsio.list_dirs(self.layout.launchers):
+            ldir = self.layout.launcher_dir(launcher)
+            lease = read_lease(ldir / "lease.json")
+            ended = bool(self.batch and lease and self.batch.allocation_ended(lease))
+            verdict = self.judge.judge(launcher, lease, now, scheduler_ended=ended)
+            if verdict in (DEAD, EXITED):
+                self.merge()   # its last verdicts first: a finished job must not be rerun
+                revoked += self.revoke_launcher(launcher, "dead" if verdict == DEAD else "exited")
+        return revoked
+
+    def revoke_launcher(self, launcher: str, why: str) -> int:
+        """Take back every job of a dead (or exited) launcher, then retire its directory."""
+        ldir = self.layout.launcher_dir(launcher)
+        self.store.finish_limbo(ldir / "limbo")
+        rdir = self.layout.running / launcher
+        n = 0
+        for name in fsio.list_names(rdir):
+            src = rdir / name
+            try:
+                rec = fsio.read_json(src)
+            except FileNotFoundError:
+                continue
+            n += self._revoke_job(src, rec, launcher, why)
+        try:
+            rdir.rmdir()
+        except FileNotFoundError:
+            pass
+        except OSError:
+            return n   # something new appeared; look again next tick
+        retired = self.layout.launchers / ".retired"
+        retired.mkdir(exist_ok=True)
+        fsio.rename(ldir, retired / launcher)
+        self.judge.forget(launcher)
+        self.events.append({"t": time.time(), "launcher": launcher, "retired": why, "revoked": n})
+        log.info("launcher %s %s: %d job(s) revoked", launcher, why, n)
+        return n
+
+    def _revoke_job(self, src: Path, rec: dict, launcher: str, why: str) -> int:
+        job_id = rec["id"]
+        verdict = self.unsettled.pop(job_id, None)
+        if verdict and verdict.get("attempt") == rec.get("attempt"):
+            # The launcher recorded a verdict durably but died before its rename.
+            new = apply_event(rec, verdict)
+            where = "done" if verdict["to"] == S.JOB_FINISHED else "failed"
+            if self.store.move_rewrite(src, self.layout.job_path(where, job_id), new, self.limbo):
+                (self._release_children if where == "done" else self._fail_children)(job_id)
+            return 1
+        msg = f"launcher {launcher} {why} while the job was claimed"
+        app = self.apps.get(rec["app"])
+        where, state, fields, why_ = after_failure(rec, "timeouts", policy_for(app, rec), msg)
+        new = self.emit(rec, S.RUN_TIMEOUT, msg=msg)
+        new = self.emit(new, state, msg=why_, **fields)
+        if self.store.move_rewrite(src, self.layout.job_path(where, job_id), new, self.limbo):
+            self.store.drop_token(job_id)
+            log.info("revoked job %s from launcher %s -> %s", job_id, launcher, state)
+            if where == "failed":
+                self._fail_children(job_id)
+            return 1
+        return 0
+
+    def emit(self, rec: dict, to: str, **details) -> dict:
+        """Log a transition of ``rec`` in the site's event log; return the merged record."""
+        ev = {"t": time.time(), "job": rec["id"], "attempt": rec.get("attempt", 1),
+              "to": to, "by": "site", **details}
+        self.events.append(ev)
+        return apply_event(rec, ev)
+
+    # ---- the loop -------------------------------------------------------------------------
+    def run(self, stop: threading.Event, wake: threading.Event | None = None,
+            interval: float | None = None) -> None:
+        """Tick until ``stop`` is set; ``wake`` (set by a file watcher) cuts a wait short."""
+        interval = interval or self.settings.get("poll_interval_sec", 1.0)
+        wake = wake or threading.Event()
+        self.recover()
+        while not stop.is_set():
+            started = time.monotonic()
+            try:
+                self.tick(started)
+            except Exception:  # the site never stops on one bad tick; it logs and goes on
+                log.exception("site tick failed; continuing")
+            wake.wait(timeout=max(0.0, interval - (time.monotonic() - started)))
+            wake.clear()
+        self.events.close()
