@@ -47,7 +47,7 @@ def serve(layout: Layout, stop: threading.Event | None = None) -> None:
     import portalocker
 
     from .site import Site
-    from .watch import choose_mode, start_inotify
+    from .watch import InotifyWatcher, choose_mode
 
     settings = settings_mod.load(layout.settings)
     layout.site_dir.mkdir(exist_ok=True)
@@ -75,7 +75,8 @@ def serve(layout: Layout, stop: threading.Event | None = None) -> None:
     observer = None
     interval = settings["poll_interval_sec"]
     if mode == "inotify":
-        observer = start_inotify([layout.created, layout.launchers], wake)
+        observer = InotifyWatcher(wake, [layout.created, layout.launchers])
+        site.on_launchers = observer.sync
         interval = max(interval, 1.0)      # a backstop; changes wake the loop at once
     log.info("site %s started (pid %d, watch=%s, machine=%s)", layout.root, os.getpid(), mode,
              settings["machine"])

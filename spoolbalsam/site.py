@@ -63,6 +63,7 @@ class Site:
         self.events = fsio.AppendLog(layout.site_dir / "events.jsonl")
         self.machine = machine
         self.batch = None                        # BatchManager, attached by the runner
+        self.on_launchers = None                 # called with the live launcher dirs
 
     # ---- start-up -------------------------------------------------------------------------
     def recover(self) -> None:
@@ -255,7 +256,10 @@ class Site:
     # ---- 3. launcher liveness -------------------------------------------------------------
     def check_launchers(self, now: float) -> int:
         revoked = 0
-        for launcher in fsio.list_dirs(self.layout.launchers):
+        names = fsio.list_dirs(self.layout.launchers)
+        if self.on_launchers is not None:
+            self.on_launchers([self.layout.launcher_dir(n) for n in names])
+        for launcher in names:
             ldir = self.layout.launcher_dir(launcher)
             lease = read_lease(ldir / "lease.json")
             ended = bool(self.batch and lease and self.batch.allocation_ended(lease))

@@ -46,19 +46,49 @@ def choose_mode(path: Path, setting: str = "auto", mounts_text: str | None = Non
     return "poll" if filesystem_type(path, mounts_text) in NETWORK_FS else "inotify"
 
 
-def start_inotify(paths: list[Path], wake: threading.Event):
-    """Wake ``wake`` on any change under ``paths``; returns the observer (call .stop())."""
-    from watchdog.events import FileSystemEventHandler
-    from watchdog.observers import Observer
+class InotifyWatcher:
+    """Non-recursive inotify watches that wake ``wake`` on any change.
 
-    class Waker(FileSystemEventHandler):
-        def on_any_event(self, event):
-            wake.set()
+    The site watches ``jobs/created/``, ``launchers/`` (new launchers) and each live
+    launcher's own directory (its lease and event log); ``sync`` follows launchers as they
+    come and retire, so the watch set stays O(launchers) and never covers the job tree.
+    """
 
-    obs = Observer()
-    for p in paths:
-        p.mkdir(parents=True, exist_ok=True)
-        obs.schedule(Waker(), str(p), recursive=p.name == "launchers")
-    obs.daemon = True
-    obs.start()
-    return obs
+    def __init__(self, wake: threading.Event, paths: list[Path]):
+        from watchdog.events import FileSystemEventHandler
+        from watchdog.observers import Observer
+
+        class Waker(FileSystemEventHandler):
+            def on_any_event(self, event):
+                wake.set()
+
+        self.handler = Waker()
+        self.observer = Observer()
+        self.observer.daemon = True
+        self.watches: dict[str, object] = {}
+        for p in paths:
+            self.watch(p)
+        self.observer.start()
+
+    def watch(self, path: Path) -> None:
+        key = str(path)
+        if key not in self.watches:
+            path.mkdir(parents=True, exist_ok=True)
+            self.watches[key] = self.observer.schedule(self.handler, key, recursive=False)
+
+    def sync(self, launcher_dirs: list[Path]) -> None:
+        """Watch exactly these launcher directories (plus the fixed paths)."""
+        wanted = {str(p) for p in launcher_dirs}
+        for key in [k for k in self.watches if "/launchers/" in k and k not in wanted]:
+            try:
+                self.observer.unschedule(self.watches.pop(key))
+            except (KeyError, ValueError):
+                pass
+        for p in launcher_dirs:
+            try:
+                self.watch(p)
+            except (FileNotFoundError, OSError):
+                pass
+
+    def stop(self) -> None:
+        self.observer.stop()

@@ -7,8 +7,9 @@ launch), in a new session (so a timeout kills the whole process group), with::
     the app's environment_variables, and the gpu variables of the ids it was given
     (ZE_AFFINITY_MASK on Aurora, CUDA_VISIBLE_DEVICES on Polaris, SPOOL_GPU_IDS always)
 
-``local`` execution runs the command directly on this node (serial mode); ``mpi`` execution
-wraps it in the machine's mpiexec/srun for the placement's hosts, with per-rank gpu binding.
+In serial mode a single-rank job runs directly on this node; every job in MPI mode, and a
+multi-rank job in either mode, is wrapped in the machine's mpiexec/srun for the placement's
+hosts, with each rank bound to its own gpus.
 """
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..apps import App, argv_for
-from .resources import Placement
+from .resources import Placement, Request
 
 
 @dataclass
@@ -64,13 +65,13 @@ def start(rec: dict, app: App, placement: Placement, *, site_root: Path, workdir
     workdir.mkdir(parents=True, exist_ok=True)
     out = workdir / "job.out"
     command = argv or argv_for(command_for(rec, app))
-    if mode == "mpi":
+    req = Request.from_job(rec)
+    if mode == "mpi" or req.num_nodes * req.ranks_per_node > 1:
         # mpiexec carries the job's own variables and binds each rank to its own gpus.
         from .mpi import job_argv
-        from .resources import Request
         env = job_environment(rec, app, site_root, workdir, machine, ())
         own = {k: env[k] for k in env if k.startswith("SPOOL_") or k in app.environment_variables}
-        command = job_argv(machine, placement, Request.from_job(rec), command, env=own,
+        command = job_argv(machine, placement, req, command, env=own,
                            launch_params=rec.get("launch_params") or {})
     else:
         env = job_environment(rec, app, site_root, workdir, machine, placement.gpus[0])
