@@ -296,3 +296,45 @@ def test_passed_over_counts_only_when_someone_behind_started():
     choose(pool2, [("wide", Request(ranks_per_node=2, node_packing_count=2)),
                    ("a", Request(node_packing_count=2))], passed_over=counts, patience=None)
     assert counts == {"wide": 1}
+
+
+@settings(max_examples=150, deadline=None)
+@given(shapes=node_shapes, busy=st.lists(requests, max_size=6),
+       waiting=st.lists(requests, max_size=12))
+def test_choose_leaves_nothing_placeable_behind(shapes, busy, waiting):
+    """Without reservations, choose() is maximal: every candidate it left out still cannot fit."""
+    pool = NodePool([NodeSpec(f"n{i}", tuple(range(c)), tuple(str(g) for g in range(gpus)))
+                     for i, (c, gpus) in enumerate(shapes)])
+    for req in busy:
+        pool.place(req)
+    before = len(pool.live)
+    got = choose(pool, list(enumerate(waiting)), patience=None)
+    pool.validate()
+    assert len(pool.live) == before + len(got)
+    placed = {k for k, _ in got}
+    for key, req in enumerate(waiting):
+        if key not in placed:
+            assert pool.place(req) is None
+
+
+@settings(max_examples=150, deadline=None)
+@given(shapes=node_shapes, busy=st.lists(requests, max_size=6),
+       waiting=st.lists(requests, max_size=12),
+       counts=st.lists(st.integers(0, 5), min_size=12, max_size=12),
+       max_jobs=st.one_of(st.none(), st.integers(0, 5)))
+def test_choose_with_reservations_keeps_pool_consistent(shapes, busy, waiting, counts, max_jobs):
+    pool = NodePool([NodeSpec(f"n{i}", tuple(range(c)), tuple(str(g) for g in range(gpus)))
+                     for i, (c, gpus) in enumerate(shapes)])
+    for req in busy:
+        pool.place(req)
+    passed = {k: counts[k] for k in range(len(waiting)) if counts[k]}
+    idle_before = pool.idle_node_count()
+    got = choose(pool, list(enumerate(waiting)), passed_over=passed, patience=3,
+                 max_jobs=max_jobs)
+    pool.validate()                                   # holds are lifted, indexes intact
+    assert max_jobs is None or len(got) <= max_jobs
+    assert len({k for k, _ in got}) == len(got)
+    assert all(p in pool.live for _, p in got)
+    assert all(k not in passed for k, _ in got)
+    assert set(passed) <= set(range(len(waiting)))
+    assert pool.idle_node_count() <= idle_before

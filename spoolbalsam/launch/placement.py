@@ -188,6 +188,10 @@ class NodePool:
         """True while any placement is live."""
         return bool(self._live)
 
+    def _has_room(self) -> bool:
+        """True if some unheld node has a free core and free occupancy (every job needs both)."""
+        return any(sig[0] > 0 and sig[1] > 0 for sig in self._buckets)
+
     def place(self, req: Request) -> Placement | None:
         """Allocate resources for ``req`` now, or return ``None``; never blocks."""
         if req.exclusive:
@@ -365,10 +369,11 @@ def choose(pool: NodePool, candidates: Sequence[tuple[K, Request]], *,
        nodes. ``patience=None`` turns reservations off.
     5. At most ``max_jobs`` placements are made (e.g. the free mpiexec slots).
 
-    Returns the ``(key, placement)`` pairs in the order they were placed; the
-    pool holds them until the caller releases them.
+    Keys must be distinct. Returns the ``(key, placement)`` pairs in the order
+    they were placed; the pool holds them until the caller releases them.
     """
     counts: MutableMapping[K, int] = passed_over if passed_over is not None else {}
+    reserve_at = float("inf") if patience is None else patience
     limit = len(candidates) if max_jobs is None else max(0, max_jobs)
     placed: list[tuple[K, Placement]] = []
     placed_at: set[int] = set()
@@ -379,13 +384,14 @@ def choose(pool: NodePool, candidates: Sequence[tuple[K, Request]], *,
             never[req] = pool.fits_ever(req) is None
         return never[req]
 
+    starving = any(v >= reserve_at for v in counts.values())
     with pool._holding() as held:
         # Phase 1: starving candidates go first and reserve what they cannot get yet.
-        if patience is not None:
+        if starving:
             for pos, (key, req) in enumerate(candidates):
                 if len(placed) >= limit:
                     break
-                if counts.get(key, 0) < patience or not can_ever(req):
+                if counts.get(key, 0) < reserve_at or not can_ever(req):
                     continue
                 p = pool.place(req)
                 if p is not None:
@@ -400,27 +406,28 @@ def choose(pool: NodePool, candidates: Sequence[tuple[K, Request]], *,
         for pos, (key, req) in enumerate(candidates):
             if len(placed) >= limit:
                 break
-            if pos in placed_at or req in failed or not can_ever(req):
+            if starving and (pos in placed_at or counts.get(key, 0) >= reserve_at):
+                continue  # phase 1 already placed it or tried it
+            if (failed and req in failed) or not can_ever(req):
                 continue
-            if patience is not None and counts.get(key, 0) >= patience:
-                continue  # reserving: phase 1 already tried it
             p = pool.place(req)
             if p is None:
                 failed.add(req)
+                if not pool._has_room():
+                    break  # every unheld node is full: nothing behind can fit either
                 continue
             placed.append((key, p))
             placed_at.add(pos)
 
     last = max(placed_at, default=-1)
-    waiting = set()
-    for pos, (key, req) in enumerate(candidates):
-        if pos in placed_at:
-            continue
-        waiting.add(key)
-        if pos < last and can_ever(req):
+    for pos in range(last):
+        key, req = candidates[pos]
+        if pos not in placed_at and can_ever(req):
             counts[key] = counts.get(key, 0) + 1
-    for key in [k for k in counts if k not in waiting]:
-        del counts[key]
+    if counts:
+        waiting = {key for pos, (key, _) in enumerate(candidates) if pos not in placed_at}
+        for key in [k for k in counts if k not in waiting]:
+            del counts[key]
     return placed
 
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from functools import cached_property
 from fractions import Fraction
 from typing import Any, Mapping, Sequence
 
@@ -111,21 +112,23 @@ class Request:
         """True when the job takes whole idle nodes (multi-node jobs)."""
         return self.num_nodes > 1
 
-    @property
+    @cached_property
     def gpus_per_rank_exact(self) -> Fraction:
         return _as_fraction(self.gpus_per_rank)
 
-    @property
+    @cached_property
     def cpus_per_node(self) -> int:
         """Cores this job needs on each node: ceil(ranks * threads / threads_per_core)."""
         return -(-self.ranks_per_node * self.threads_per_rank // self.threads_per_core)
 
-    @property
+    @cached_property
     def gpus_per_node(self) -> int:
         """GPU ids this job needs on each node: ceil(ranks * gpus_per_rank)."""
+        if isinstance(self.gpus_per_rank, int) or self.gpus_per_rank.is_integer():
+            return self.ranks_per_node * int(self.gpus_per_rank)
         return math.ceil(self.ranks_per_node * self.gpus_per_rank_exact)
 
-    @property
+    @cached_property
     def units_per_node(self) -> int:
         """Occupancy units taken on each node (all of it for multi-node jobs)."""
         if self.exclusive:

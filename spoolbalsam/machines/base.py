@@ -19,7 +19,6 @@ repeats dropped, order kept), Slurm ``$SLURM_JOB_NODELIST`` (or
 from __future__ import annotations
 
 import dataclasses
-import os
 import re
 import socket
 from dataclasses import dataclass, field
@@ -255,7 +254,7 @@ def _split_top(text: str) -> list[str]:
 
 
 def _expand_ranges(body: str, whole: str) -> list[str]:
-    out = []
+    out: list[str] = []
     for item in body.split(","):
         m = _RANGE.match(item.strip())
         if not m:
