@@ -131,6 +131,8 @@ class BatchManager:
         self.next_sync = 0.0
         self.failed_until = 0.0
         self.ended: set[str] = set()
+        self.next_elastic = 0.0
+        self.seen: set[str] = set()
 
     @property
     def backend(self):
@@ -146,14 +148,16 @@ class BatchManager:
     def _save(self, bid: str, rec: dict) -> None:
         state = {k: rec.get(k) for k in ("state", "scheduler_id", "submit_script", "errors",
                                           "submit_time", "start_time", "end_time", "exit_code",
-                                          "raw_state", "nodes")}
+                                          "raw_state", "nodes", "cancel_sent")}
         fsio.write_json_atomic(self.layout.batch / bid / "state.json", state)
 
     def tick(self, now: float, force: bool = False) -> None:
-        has_pending = any(not (self.layout.batch / b / "state.json").exists()
-                          for b in fsio.list_dirs(self.layout.batch) if b.isdigit())
-        if not force and now < self.next_sync and not has_pending:
+        # A new request (a directory we have not seen) is served at once; the rest of the
+        # work waits for the sync period.  One listdir of batch/ per tick, no stats.
+        dirs = set(fsio.list_dirs(self.layout.batch))
+        if not force and now < self.next_sync and dirs <= self.seen:
             return
+        self.seen = dirs
         self.next_sync = now + self.period
         records = load_all(self.layout)
         for rec in records:
@@ -161,10 +165,16 @@ class BatchManager:
                 self.submit(rec, [r for r in records if r is not rec])
         active = [r for r in records if r["state"] in ("queued", "running", "pending_deletion")
                   and r.get("scheduler_id")]
+        for rec in records:
+            if rec["state"] == "pending_deletion" and not rec.get("scheduler_id"):
+                rec["state"] = "finished"          # deleted before it was ever submitted
+                self._save(rec["id"], rec)
         for rec in active:
             if rec["state"] == "pending_deletion" and not rec.get("cancel_sent"):
                 try:
                     self.backend.cancel(rec["scheduler_id"])
+                    rec["cancel_sent"] = True
+                    self._save(rec["id"], rec)
                 except Exception as e:
                     self._error(rec, f"cancel failed: {e}")
         if active:
@@ -172,13 +182,30 @@ class BatchManager:
                 statuses = self.backend.status([r["scheduler_id"] for r in active])
             except Exception as e:
                 log.warning("scheduler status failed: %s", e)
-                return
+                statuses = None
+        if active and statuses is not None:
             for rec in active:
                 st = statuses.get(rec["scheduler_id"])
                 self.update(rec, st)
         for rec in records:
             if rec["state"] in FINAL:
                 self.ended.add(rec["id"])
+        self.elastic(now, records)
+
+    def elastic(self, now: float, records: list[dict]) -> None:
+        cfg = self.settings["elastic"]
+        if not cfg["enabled"] or now < self.next_elastic or now < self.failed_until:
+            return
+        from .elastic import service
+        self.next_elastic = now + cfg["service_period_sec"]
+        d = service(self.layout, self.settings, records,
+                    create=lambda req: create_request(self.layout, req),
+                    terminate=lambda bid: fsio.write_atomic(
+                        self.layout.batch / bid / "term", b"elastic: queued too long\n"))
+        if d.submit_nodes or d.delete:
+            log.info("elastic queue: %s -> submit %d node(s), delete %s", d.why, d.submit_nodes,
+                     list(d.delete) or "none")
+            self.next_sync = 0.0
 
     def update(self, rec: dict, st) -> None:
         bid = rec["id"]
