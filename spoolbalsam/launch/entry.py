@@ -83,7 +83,13 @@ def _spawn_workers(layout, machine, nodes, wall_time_min, filter_tags, batch_job
     import logging
     log = logging.getLogger("spoolbalsam.launcher")
     log.info("starting %d serial workers: %s", len(nodes), shlex.join(argv))
-    proc = subprocess.Popen(argv, start_new_session=True)
+    env = dict(os.environ)
+    if machine.max_mpiexec_per_batch_job:
+        # The batch job's mpiexec budget, less the one launch that starts the workers,
+        # shared equally: workers never talk to each other.
+        share = max((machine.max_mpiexec_per_batch_job - 1) // len(nodes), 0)
+        env["SPOOL_MPIEXEC_BUDGET"] = str(share)
+    proc = subprocess.Popen(argv, start_new_session=True, env=env)
 
     def forward(sig, _frame):
         try:

@@ -72,8 +72,9 @@ class Launcher:
         self.margin = lset.get("walltime_margin_min", 1.0) * 60
         self.tail_lines = lset.get("error_tail_num_lines", 10)
         self.prefetch = lset.get("prefetch", 64)
-        self.max_mpiexec = machine.max_mpiexec_per_batch_job if mode == "mpi" else None
-        self.max_concurrent = machine.max_concurrent_mpiruns if mode == "mpi" else None
+        budget = os.environ.get("SPOOL_MPIEXEC_BUDGET")   # a serial worker's share
+        self.max_mpiexec = int(budget) if budget else machine.max_mpiexec_per_batch_job
+        self.max_concurrent = machine.max_concurrent_mpiruns
         self.max_jobs = max_jobs
         self.batch_job = batch_job
         self.scheduler_id = scheduler_id
@@ -98,6 +99,7 @@ class Launcher:
         self.next_scan = 0.0
         self.idle_since = time.monotonic()
         self.launches = 0
+        self.mpiexecs = 0                       # launches through mpiexec/srun (the budget)
         self.finished = 0
         self.draining: str | None = None        # why we stopped starting jobs
         self.exit_reason: str | None = None
@@ -131,7 +133,7 @@ class Launcher:
             self.request_stop("walltime nearly used up")
         self.reap(now)
         if not self.draining:
-            if self.max_mpiexec is not None and self.launches >= self.max_mpiexec:
+            if self.mode == "mpi" and self.budget_left() == 0:
                 self.draining = f"mpiexec budget of {self.max_mpiexec} launches spent"
                 log.info("launcher %s: %s; finishing running jobs", self.id, self.draining)
             elif self.max_jobs is not None and self.launches >= self.max_jobs:
@@ -267,13 +269,24 @@ class Launcher:
         if not self.cands:
             self.next_scan = now + IDLE_SCAN_SEC
 
-    def fill(self, now: float) -> None:
-        free_runs = None
+    def budget_left(self) -> int | None:
+        if self.max_mpiexec is None:
+            return None
+        return max(self.max_mpiexec - self.mpiexecs, 0)
+
+    def mpi_slots(self) -> int | None:
+        """How many more jobs may start through mpiexec now (None: no limit)."""
+        slots = None
         if self.max_concurrent is not None:
-            free_runs = self.max_concurrent - len(self.running)
-        if self.max_mpiexec is not None:
-            left = self.max_mpiexec - self.launches
-            free_runs = left if free_runs is None else min(free_runs, left)
+            slots = self.max_concurrent - sum(r.used_mpi for r in self.running.values())
+        left = self.budget_left()
+        if left is not None:
+            slots = left if slots is None else min(slots, left)
+        return None if slots is None else max(slots, 0)
+
+    def fill(self, now: float) -> None:
+        slots = self.mpi_slots()
+        free_runs = slots if self.mode == "mpi" else None
         if free_runs is not None and free_runs <= 0:
             return
         self._next_candidates(now)
@@ -302,6 +315,10 @@ class Launcher:
                 log.warning("job %s: %s; skipped", rec.get("id"), e)
                 self.skip.add(path.name)
                 continue
+            if self.mode == "serial" and slots is not None and runner.needs_mpi("serial", req):
+                if slots <= 0:
+                    continue             # a multi-rank job waits for an mpiexec slot
+                slots -= 1
             reason = self.pool.fits_ever(req)
             if reason:
                 log.info("job %s never fits this allocation (%s); left for another", rec["id"], reason)
@@ -358,6 +375,7 @@ class Launcher:
             self.pool.release(placement)
             return
         self.launches += 1
+        self.mpiexecs += run.used_mpi
         self.running[rec["id"]] = run
 
 

@@ -36,6 +36,7 @@ class Running:
     started_mono: float
     kill_at: float | None = None          # monotonic: SIGKILL after this
     timed_out: bool = False
+    used_mpi: bool = False                # started through mpiexec/srun (counts in the budget)
     extra: dict = field(default_factory=dict)
 
 
@@ -66,7 +67,8 @@ def start(rec: dict, app: App, placement: Placement, *, site_root: Path, workdir
     out = workdir / "job.out"
     command = argv or argv_for(command_for(rec, app))
     req = Request.from_job(rec)
-    if mode == "mpi" or req.num_nodes * req.ranks_per_node > 1:
+    use_mpi = needs_mpi(mode, req)
+    if use_mpi:
         # mpiexec carries the job's own variables and binds each rank to its own gpus.
         from .mpi import job_argv
         env = job_environment(rec, app, site_root, workdir, machine, ())
@@ -78,7 +80,13 @@ def start(rec: dict, app: App, placement: Placement, *, site_root: Path, workdir
     with open(out, "wb") as fh:
         proc = subprocess.Popen(command, cwd=workdir, stdout=fh, stderr=subprocess.STDOUT,
                                 stdin=subprocess.DEVNULL, env=env, start_new_session=True)
-    return Running(rec["id"], rec, path, placement, proc, out, time.time(), time.monotonic())
+    return Running(rec["id"], rec, path, placement, proc, out, time.time(), time.monotonic(),
+                   used_mpi=use_mpi)
+
+
+def needs_mpi(mode: str, req: Request) -> bool:
+    """MPI mode starts every job with mpiexec; serial mode only multi-rank jobs."""
+    return mode == "mpi" or req.num_nodes * req.ranks_per_node > 1
 
 
 def terminate(run: Running, grace: float) -> None:
