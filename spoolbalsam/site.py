@@ -292,6 +292,7 @@ class Site:
         retired.mkdir(exist_ok=True)
         fsio.rename(ldir, retired / launcher)
         self.judge.forget(launcher)
+        self.offsets.pop(launcher, None)
         self.events.append({"t": time.time(), "launcher": launcher, "retired": why, "revoked": n})
         log.info("launcher %s %s: %d job(s) revoked", launcher, why, n)
         return n

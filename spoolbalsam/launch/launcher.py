@@ -210,7 +210,8 @@ class Launcher:
     def _verdict(self, run: runner.Running, rc: int):
         rec = run.record
         details = {"return_code": rc, "ended_at": time.time(), "started_at": run.started_at,
-                   "host": run.placement.hosts[0], "placement": run.placement.to_json()}
+                   "host": run.placement.hosts[0], "placement": run.placement.to_json(),
+                   "affinity": rec.get("affinity") or {}}
         app = self.apps.get(rec["app"])
         if rc == 0 and not run.timed_out:
             rec = self.emit(rec, S.RUN_DONE, **details)
@@ -337,6 +338,18 @@ class Launcher:
             self._start(claimed, placement)
         self.cands = [p for p, _ in batch if p not in placed] + keep
 
+    def _affinity(self, rec: dict, placement) -> dict:
+        """What the job's ranks see: the gpu variable, each rank's mask, the tile mode."""
+        gpr = rec.get("gpus_per_rank") or 0
+        if not gpr or not placement.gpus[0]:
+            return {}
+        masks = [self.machine.gpu_mask(placement.rank_gpus(r, gpr))
+                 for r in range(rec.get("ranks_per_node", 1))]
+        out = {"variable": self.machine.gpu_env, "rank_masks": masks}
+        if self.machine.tile_hierarchy:
+            out["tile_hierarchy"] = self.machine.tile_hierarchy
+        return out
+
     def _unsuitable(self, rec: dict, time_left_min: float) -> str | None:
         tags = rec.get("tags") or {}
         for k, v in self.filter_tags.items():
@@ -363,7 +376,7 @@ class Launcher:
             return
         workdir = self.layout.workdir(rec["workdir"])
         rec = self.emit(rec, S.RUNNING, host=placement.hosts[0], placement=placement.to_json(),
-                        started_at=time.time())
+                        affinity=self._affinity(rec, placement), started_at=time.time())
         try:
             run = runner.start(rec, app, placement, site_root=self.layout.root, workdir=workdir,
                                machine=self.machine, mode=self.mode, path=path)

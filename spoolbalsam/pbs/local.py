@@ -184,7 +184,14 @@ class LocalBackend:
         stat = _read(self.proc_root / str(pid) / "stat")
         ec = read_exit_code(record["ec"]) if record.get("ec") else None
         st = local_status(record, stat, ec, wait_status)
-        if st.state == FINISHED and child is not None and wait_status is not None:
+        if st.state == FINISHED and child is not None:
+            if wait_status is None:
+                # It died between poll() and reading /proc: it is a zombie now, reap it.
+                try:
+                    wait_status = child.wait(timeout=5)
+                except subprocess.TimeoutExpired:
+                    return st
+                st = local_status(record, None, ec, wait_status)
             _CHILDREN.pop(pid, None)
         return st
 

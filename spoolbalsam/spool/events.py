@@ -23,7 +23,8 @@ from .layout import Layout
 from .record import transition
 
 DETAIL_FIELDS = ("return_code", "host", "launcher", "batch_job", "started_at", "ended_at",
-                 "error", "placement", "retries", "result", "exception")
+                 "error", "placement", "affinity", "retries", "result", "exception",
+                 "data")
 
 
 def already_applied(rec: dict, ev: dict) -> bool:

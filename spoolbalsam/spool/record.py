@@ -132,7 +132,7 @@ ALIASES = {"app_id": "app"}
 IGNORED = {"site_name", "site_id"}      # accepted for Balsam compatibility
 SYSTEM_FIELDS = ("id", "state", "attempt", "return_code", "launcher", "batch_job", "host",
                  "created_at", "state_timestamp", "started_at", "ended_at", "error",
-                 "retries", "placement", "history")
+                 "retries", "placement", "affinity", "history", "result", "exception")
 
 
 def _bad(msg: str):
