@@ -152,7 +152,9 @@ def select_nodes(select: str) -> tuple[int, int]:
         count = int(parts[0]) if parts[0].isdigit() else 1
         per = 1
         for p in parts[1 if parts[0].isdigit() else 0:]:
-            k, _, v = p.partition("=")
+            k, eq, v = p.partition("=")
+            if not k or not eq or not v:
+                raise ValueError(f"illegal -l value select={select}")
             if k == "ncpus" and v.isdigit():
                 per = int(v)
         chunks += count
