@@ -1,0 +1,194 @@
+"""fsio: atomic writes leave no temp behind, Batch commit/abort, single-writer JSONL logs."""
+from __future__ import annotations
+
+import errno
+import os
+import tempfile
+from pathlib import Path
+
+import orjson
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from spoolbalsam.spool import fsio
+
+
+def visible(d: Path) -> list[str]:
+    return sorted(n for n in os.listdir(d) if not n.startswith("."))
+
+
+def hidden(d: Path) -> list[str]:
+    return sorted(n for n in os.listdir(d) if n.startswith("."))
+
+
+# ---- write_atomic ------------------------------------------------------------------------
+def test_write_atomic_publishes_whole_file_and_leaves_no_temp(tmp_path):
+    p = tmp_path / "a.json"
+    fsio.write_atomic(p, b"one")
+    fsio.write_atomic(p, b"two, longer")
+    assert p.read_bytes() == b"two, longer"
+    assert hidden(tmp_path) == []
+
+
+def test_write_atomic_creates_missing_parent(tmp_path):
+    p = tmp_path / "x" / "y" / "a.json"
+    fsio.write_json_atomic(p, {"k": 1})
+    assert fsio.read_json(p) == {"k": 1}
+    assert hidden(p.parent) == []
+
+
+def test_write_atomic_failure_in_write_leaves_no_temp_and_old_file(tmp_path):
+    p = tmp_path / "a.json"
+    fsio.write_atomic(p, b"old")
+    with pytest.raises(TypeError):
+        fsio.write_atomic(p, "not bytes")        # fails while writing the temp
+    assert p.read_bytes() == b"old"
+    assert hidden(tmp_path) == []
+
+
+def test_write_atomic_failure_in_rename_leaves_no_temp(tmp_path):
+    target = tmp_path / "busy"
+    target.mkdir()
+    (target / "inside").write_text("x")          # rename(file, non-empty dir) fails
+    with pytest.raises(OSError):
+        fsio.write_atomic(target, b"data")
+    assert hidden(tmp_path) == []
+    assert visible(target) == ["inside"]
+
+
+def test_temp_names_are_dot_files_unique_per_call(tmp_path):
+    names = {fsio.temp_name(tmp_path / "a.json").name for _ in range(200)}
+    assert len(names) == 200
+    assert all(n.startswith(".a.json.") for n in names)
+
+
+# ---- rename refuses to become a copy --------------------------------------------------------
+def test_rename_across_filesystems_raises_exdev_and_never_copies(tmp_path):
+    shm = Path("/dev/shm")
+    if not shm.is_dir() or os.stat(shm).st_dev == os.stat(tmp_path).st_dev:
+        pytest.skip("no second filesystem to rename across")
+    with tempfile.TemporaryDirectory(dir=shm) as d:
+        src = Path(d) / "job.json"
+        src.write_bytes(b"{}")
+        dst = tmp_path / "job.json"
+        with pytest.raises(OSError) as ei:
+            fsio.rename(src, dst)
+        assert ei.value.errno == errno.EXDEV
+        assert "different filesystems" in str(ei.value)
+        assert src.exists() and not dst.exists()
+
+
+def test_rename_quiet_reports_lost_race(tmp_path):
+    assert fsio.rename_quiet(tmp_path / "gone", tmp_path / "b") is False
+    (tmp_path / "a").write_text("x")
+    assert fsio.rename_quiet(tmp_path / "a", tmp_path / "sub" / "b") is True
+    assert (tmp_path / "sub" / "b").read_text() == "x"
+
+
+# ---- Batch -------------------------------------------------------------------------------
+def test_batch_commit_publishes_all_then_runs_after_commit(tmp_path):
+    b = fsio.Batch(tmp_path)
+    ran = []
+    for i in range(20):
+        b.add_json(tmp_path / f"{i % 4}" / f"j{i}.json", {"i": i})
+    b.after_commit(lambda: ran.append(len(list(tmp_path.rglob("j*.json")))))
+    # before commit: only temps exist
+    assert list(tmp_path.rglob("j*.json")) == []
+    b.commit()
+    assert ran == [20]
+    for i in range(20):
+        assert fsio.read_json(tmp_path / f"{i % 4}" / f"j{i}.json") == {"i": i}
+    assert fsio.read_json(tmp_path / "0" / "j0.json") == {"i": 0}
+    for d in tmp_path.iterdir():
+        assert hidden(d) == []
+
+
+def test_batch_abort_leaves_nothing(tmp_path):
+    b = fsio.Batch(tmp_path)
+    for i in range(5):
+        b.add(tmp_path / f"j{i}.json", b"{}")
+    assert len(hidden(tmp_path)) == 5
+    b.abort()
+    assert os.listdir(tmp_path) == []
+    b.commit()                                    # nothing pending: a no-op
+    assert os.listdir(tmp_path) == []
+
+
+def test_empty_batch_commit_still_runs_callbacks(tmp_path):
+    b = fsio.Batch(tmp_path)
+    ran = []
+    b.after_commit(lambda: ran.append(1))
+    b.commit()
+    assert ran == [1]
+
+
+# ---- listings and reads ------------------------------------------------------------------
+def test_list_names_skips_dot_files_and_other_suffixes(tmp_path):
+    for n in ("a.json", ".a.json.tmp", ".b.json", "c.txt", "d.json"):
+        (tmp_path / n).write_text("{}")
+    assert sorted(fsio.list_names(tmp_path)) == ["a.json", "d.json"]
+    assert fsio.list_names(tmp_path / "missing") == []
+
+
+def test_read_json_raises_on_missing_file(tmp_path):
+    with pytest.raises(FileNotFoundError):
+        fsio.read_json(tmp_path / "nope.json")
+
+
+# ---- AppendLog / read_lines_from ---------------------------------------------------------
+def test_appendlog_roundtrip_and_offsets(tmp_path):
+    p = tmp_path / "events.jsonl"
+    log = fsio.AppendLog(p)
+    for i in range(3):
+        log.append({"i": i})
+    assert p.read_bytes() == b""                 # buffered until flush
+    log.flush()
+    events, off = fsio.read_lines_from(p, 0)
+    assert events == [{"i": 0}, {"i": 1}, {"i": 2}]
+    assert off == p.stat().st_size
+    log.append({"i": 3})
+    log.close()
+    events, off2 = fsio.read_lines_from(p, off)
+    assert events == [{"i": 3}] and off2 == p.stat().st_size
+    assert fsio.read_lines_from(p, off2) == ([], off2)
+
+
+def test_read_lines_from_drops_partial_trailing_line(tmp_path):
+    p = tmp_path / "events.jsonl"
+    p.write_bytes(b'{"a": 1}\n{"b": 2}\n{"c": 3')    # a writer mid-line
+    events, off = fsio.read_lines_from(p, 0)
+    assert events == [{"a": 1}, {"b": 2}]
+    assert off == len(b'{"a": 1}\n{"b": 2}\n')
+    with open(p, "ab") as f:                         # the line completes
+        f.write(b"}\n")
+    events, off2 = fsio.read_lines_from(p, off)
+    assert events == [{"c": 3}]
+    assert off2 == p.stat().st_size
+
+
+def test_read_lines_from_skips_corrupt_complete_line_and_missing_file(tmp_path):
+    p = tmp_path / "events.jsonl"
+    p.write_bytes(b'{"a": 1}\nnot json\n{"b": 2}\n')
+    events, off = fsio.read_lines_from(p, 0)
+    assert events == [{"a": 1}, {"b": 2}] and off == p.stat().st_size
+    assert fsio.read_lines_from(tmp_path / "none.jsonl", 7) == ([], 7)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.dictionaries(st.text(max_size=5), st.integers(-2**63, 2**63 - 1) | st.text(max_size=8),
+                                max_size=3), max_size=8),
+       st.data())
+def test_reading_a_log_in_any_chunks_yields_each_event_once(events, data):
+    """Whatever prefix of the file a reader sees, it never gets half an event, and reading
+    on from its offset yields every event exactly once, in order."""
+    blob = b"".join(orjson.dumps(e) + b"\n" for e in events)
+    cuts = sorted(data.draw(st.lists(st.integers(0, len(blob)), max_size=5)))
+    with tempfile.TemporaryDirectory() as d:
+        p = Path(d) / "e.jsonl"
+        got, off = [], 0
+        for cut in cuts + [len(blob)]:
+            p.write_bytes(blob[:cut])
+            new, off = fsio.read_lines_from(p, off)
+            got += new
+        assert got == events

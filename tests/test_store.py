@@ -1,0 +1,233 @@
+"""The claim protocol with real processes: claim races, token mode, rewrite vs claim, limbo."""
+from __future__ import annotations
+
+import json
+import multiprocessing as mp
+import os
+import random
+from pathlib import Path
+
+import pytest
+
+from spoolbalsam.spool import fsio
+from spoolbalsam.spool.ids import new_id, shard
+from spoolbalsam.spool.layout import Layout
+from spoolbalsam.spool.store import LIMBO_SEP, Store
+
+CTX = mp.get_context("fork")
+
+
+def make_ready(root: Path, n: int) -> tuple[Layout, list[str]]:
+    lay = Layout(root)
+    lay.make()
+    ids = [new_id() for _ in range(n)]
+    b = fsio.Batch(lay.jobs)
+    for i, job_id in enumerate(ids):
+        b.add_json(lay.job_path("ready", job_id), {"id": job_id, "n": i, "state": "READY",
+                                                   "attempt": 1})
+    b.commit()
+    return lay, ids
+
+
+def visible_names(lay: Layout) -> dict[str, list[str]]:
+    """job id -> every visible place it has (state dirs, running/L, limbos)."""
+    where: dict[str, list[str]] = {}
+    for state in ("waiting", "ready", "done", "failed"):
+        for _, p in Store(lay).iter_dir(state):
+            where.setdefault(p.name[:-5], []).append(state)
+    for launcher in fsio.list_dirs(lay.running):
+        for n in fsio.list_names(lay.running / launcher):
+            where.setdefault(n[:-5], []).append(f"running/{launcher}")
+    return where
+
+
+def _claimer(root: str, launcher: str, mode: str, barrier, out_path: str) -> None:
+    store = Store(Layout(Path(root)), mode)
+    claimed = []
+    barrier.wait()
+    while True:
+        got = 0
+        for bucket in store.ready_buckets():
+            names = store.ready_names(bucket)
+            random.shuffle(names)
+            for p in names:
+                if store.claim(p, launcher) is not None:
+                    claimed.append(p.name[:-5])
+                    got += 1
+        if got == 0 and not any(store.ready_names(b) for b in store.ready_buckets()):
+            break
+    Path(out_path).write_text(json.dumps(claimed))
+
+
+def run_claimers(root: Path, n_procs: int, mode: str) -> dict[str, list[str]]:
+    barrier = CTX.Barrier(n_procs)
+    procs, outs = [], {}
+    for i in range(n_procs):
+        out = root / f"claimed-{i}.json"
+        outs[f"L{i}"] = out
+        procs.append(CTX.Process(target=_claimer, args=(str(root), f"L{i}", mode, barrier, str(out))))
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(120)
+        assert p.exitcode == 0, f"claimer exited with {p.exitcode}"
+    return {k: json.loads(v.read_text()) for k, v in outs.items()}
+
+
+@pytest.mark.parametrize("mode", ["rename", "token"])
+def test_racing_claimers_claim_every_job_exactly_once(tmp_path, mode):
+    lay, ids = make_ready(tmp_path, 500)
+    claimed = run_claimers(tmp_path, 4, mode)
+    every = [j for c in claimed.values() for j in c]
+    assert len(every) == len(set(every)), "a job was claimed twice"
+    assert set(every) == set(ids), "a job was lost"
+    # what each claimer believes it owns is exactly what its running/ directory holds
+    for launcher, mine in claimed.items():
+        assert sorted(n[:-5] for n in fsio.list_names(lay.running / launcher)) == sorted(mine)
+    assert all(len(v) == 1 for v in visible_names(lay).values())
+    assert list(Store(lay).iter_dir("ready")) == []
+    if mode == "token":
+        tokens = [p for p in (lay.jobs / "claims").rglob("*") if p.is_file()]
+        assert sorted(p.name for p in tokens) == sorted(ids)
+        for launcher, mine in claimed.items():
+            for job_id in mine[:20]:
+                tok = lay.jobs / "claims" / shard(job_id) / job_id
+                assert tok.read_text() == launcher
+
+
+def test_token_mode_refuses_a_claim_while_another_holds_the_token(tmp_path):
+    lay, [job_id] = make_ready(tmp_path, 1)
+    store = Store(lay, "token")
+    assert store._take_token(job_id, "other")
+    assert store.claim(lay.job_path("ready", job_id), "L1") is None
+    assert lay.job_path("ready", job_id).exists()          # untouched
+    store.drop_token(job_id)
+    assert store.claim(lay.job_path("ready", job_id), "L1") == lay.running / "L1" / f"{job_id}.json"
+
+
+def test_unknown_claim_mode_is_refused(tmp_path):
+    with pytest.raises(ValueError, match="claim_mode"):
+        Store(Layout(tmp_path), "optimistic")
+
+
+def _rewriter(root: str, ids: list[str], barrier, out_path: str) -> None:
+    lay = Layout(Path(root))
+    store = Store(lay)
+    won = []
+    barrier.wait()
+    for job_id in ids:
+        src = lay.job_path("ready", job_id)
+        new = {"id": job_id, "state": "FAILED", "rewritten": True, "attempt": 1}
+        if store.move_rewrite(src, lay.job_path("failed", job_id), new, lay.site_dir / "limbo"):
+            won.append(job_id)
+    Path(out_path).write_text(json.dumps(won))
+
+
+def test_move_rewrite_racing_claims_has_one_winner_per_job(tmp_path):
+    lay, ids = make_ready(tmp_path, 300)
+    order = ids[:]
+    random.Random(7).shuffle(order)
+    barrier = CTX.Barrier(3)
+    procs = [CTX.Process(target=_rewriter, args=(str(tmp_path), order, barrier,
+                                                  str(tmp_path / "rewritten.json")))]
+    for i in range(2):
+        procs.append(CTX.Process(target=_claimer, args=(str(tmp_path), f"L{i}", "rename", barrier,
+                                                        str(tmp_path / f"claimed-{i}.json"))))
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(120)
+        assert p.exitcode == 0
+    rewritten = json.loads((tmp_path / "rewritten.json").read_text())
+    claimed = [j for i in range(2) for j in json.loads((tmp_path / f"claimed-{i}.json").read_text())]
+    assert len(set(rewritten) | set(claimed)) == len(rewritten) + len(claimed), "two winners"
+    assert set(rewritten) | set(claimed) == set(ids), "a job was lost"
+    where = visible_names(lay)
+    assert set(where) == set(ids)
+    assert all(len(v) == 1 for v in where.values()), {k: v for k, v in where.items() if len(v) > 1}
+    for job_id in rewritten:
+        assert where[job_id] == ["failed"]
+        assert fsio.read_json(lay.job_path("failed", job_id))["rewritten"] is True
+    for job_id in claimed:
+        assert where[job_id][0].startswith("running/")
+    assert fsio.list_names(lay.site_dir / "limbo") == []        # nothing half-done
+
+
+# ---- finish_limbo: every half-done step of a move with a rewrite ---------------------------
+def _one_ready(tmp_path) -> tuple[Layout, Store, str, Path]:
+    lay, [job_id] = make_ready(tmp_path, 1)
+    return lay, Store(lay), job_id, lay.site_dir / "limbo"
+
+
+def test_finish_limbo_drops_the_limbo_copy_when_the_destination_exists(tmp_path):
+    lay, store, job_id, limbo = _one_ready(tmp_path)
+    dest = lay.job_path("failed", job_id)
+    fsio.write_json_atomic(dest, {"id": job_id, "state": "FAILED"})
+    lay.job_path("ready", job_id).rename(limbo / f"{job_id}{LIMBO_SEP}failed.json")
+    assert store.finish_limbo(limbo) == [job_id]
+    assert fsio.list_names(limbo) == []
+    assert fsio.read_json(dest)["state"] == "FAILED"
+    assert store.locate(job_id) == ("failed", dest)
+
+
+def test_finish_limbo_publishes_a_limbo_only_job_where_it_was_going(tmp_path):
+    lay, store, job_id, limbo = _one_ready(tmp_path)
+    data = lay.job_path("ready", job_id).read_bytes()
+    lay.job_path("ready", job_id).rename(limbo / f"{job_id}{LIMBO_SEP}done.json")
+    assert store.locate(job_id) is None
+    assert store.finish_limbo(limbo) == [job_id]
+    assert lay.job_path("done", job_id).read_bytes() == data
+    assert os.listdir(limbo) == []
+
+
+def test_finish_limbo_restores_a_move_into_a_launchers_running_dir(tmp_path):
+    lay, store, job_id, limbo = _one_ready(tmp_path)
+    lay.job_path("ready", job_id).rename(limbo / f"{job_id}{LIMBO_SEP}running.L7.json")
+    store.finish_limbo(limbo)
+    assert store.locate(job_id) == ("running", lay.running / "L7" / f"{job_id}.json")
+
+
+class Crash(BaseException):
+    """A simulated kill -9 at a precise step (BaseException: nothing may swallow it)."""
+
+
+@pytest.mark.parametrize("step", ["after_limbo_rename", "after_publish"])
+def test_move_rewrite_interrupted_at_each_step_is_finished_by_finish_limbo(tmp_path, monkeypatch,
+                                                                          step):
+    lay, store, job_id, limbo = _one_ready(tmp_path)
+    new = {"id": job_id, "state": "RESTART_READY", "attempt": 2}
+    src, dst = lay.job_path("ready", job_id), lay.job_path("failed", job_id)
+    if step == "after_limbo_rename":
+        monkeypatch.setattr(fsio, "write_json_atomic", lambda *a, **k: (_ for _ in ()).throw(Crash()))
+    else:
+        real_unlink = os.unlink
+        monkeypatch.setattr(os, "unlink", lambda p, *a, **k: (_ for _ in ()).throw(Crash())
+                            if str(p).startswith(str(limbo)) else real_unlink(p, *a, **k))
+    with pytest.raises(Crash):
+        store.move_rewrite(src, dst, new, limbo)
+    monkeypatch.undo()
+    assert not src.exists()
+    store.finish_limbo(limbo)
+    assert fsio.list_names(limbo) == []
+    assert store.locate(job_id) == ("failed", dst)            # exactly one visible name
+    if step == "after_publish":
+        assert fsio.read_json(dst) == new
+
+
+def test_move_rewrite_lost_race_publishes_nothing(tmp_path):
+    lay, store, job_id, limbo = _one_ready(tmp_path)
+    assert store.claim(lay.job_path("ready", job_id), "L1")
+    ok = store.move_rewrite(lay.job_path("ready", job_id), lay.job_path("failed", job_id),
+                            {"id": job_id}, limbo)
+    assert ok is False
+    assert visible_names(lay) == {job_id: ["running/L1"]}
+
+
+def test_locate_and_iter_dir_see_every_state_and_skip_temps(tmp_path):
+    lay, ids = make_ready(tmp_path, 10)
+    store = Store(lay)
+    (lay.job_path("ready", ids[0]).parent / f".{ids[0]}.json.tmp").write_text("{}")
+    assert sorted(p.name[:-5] for _, p in store.iter_dir("ready")) == sorted(ids)
+    store.claim(lay.job_path("ready", ids[1]), "L1")
+    assert store.locate(ids[1])[0] == "running"
+    assert store.locate("no-such-job") is None
