@@ -70,8 +70,22 @@ def _slurm_ready(min_nodes: int) -> bool:
     return len(usable) >= min_nodes
 
 
+_SLURM_READY: dict[int, bool] = {}   # per session: probing a dead controller costs seconds
+
+
 def require_slurm(min_nodes: int = 1) -> None:
     """Skip (or, with CI=true, fail) unless a Slurm controller with ``min_nodes`` nodes answers."""
+    if _SLURM_READY.get(min_nodes):
+        return
+    if min_nodes in _SLURM_READY:
+        _missing(f"no running Slurm controller with {min_nodes} usable node(s); "
+                 "run: bash tests/infra/slurm-up.sh")
+    _SLURM_READY[min_nodes] = False
+    _require_slurm(min_nodes)
+    _SLURM_READY[min_nodes] = True
+
+
+def _require_slurm(min_nodes: int) -> None:
     autostart = in_ci() or os.environ.get("SPOOL_SLURM_AUTOSTART") == "1"
     if _slurm_ready(min_nodes) if shutil.which("sbatch") else False:
         return

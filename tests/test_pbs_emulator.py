@@ -164,7 +164,7 @@ def test_emulator_qsub_reads_directives_and_command_line_wins(pbs_emulator, site
     assert job["Job_Name"] == "fromcli"
     assert job["Resource_List"]["nodect"] == 2 and job["Resource_List"]["walltime"] == "00:07:00"
     assert job["Variable_List"]["PBS_O_WORKDIR"] == str(site)
-    table = emu("qstat", sid)
+    table = emu("qstat", "-x", sid)   # -x: the job may have finished already
     assert table.stdout.splitlines()[0].split() == ["Job", "id", "Name", "User", "Time", "Use", "S", "Queue"]
     pbs_emulator.cancel(sid)
 

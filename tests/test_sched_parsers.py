@@ -487,6 +487,24 @@ def test_pbs_cancel_tolerates_gone_jobs(monkeypatch):
     assert fake.calls[0] == ["/opt/pbs/bin/qdel", "1"]
 
 
+def test_select_from_script():
+    text = "#!/bin/bash\n#PBS -A demo\n#PBS -l select=2:system=aurora,place=scatter\necho\n"
+    assert pbs.select_from_script(text, 2) == "2:system=aurora"
+    assert pbs.select_from_script(text, 3) is None          # counts disagree: the caller wins
+    assert pbs.select_from_script("#!/bin/bash\necho\n#PBS -l select=2\n", 2) is None
+    assert pbs.select_from_script("#!/bin/bash\n#PBS -l select=1:ncpus=4+1:ngpus=1\n", 2) is None
+
+
+def test_pbs_submit_repeats_the_scripts_select(monkeypatch, tmp_path):
+    fake = FakeRun({"qsub": [(0, "7.srv\n", "")]})
+    monkeypatch.setattr(cmd, "run", fake)
+    script = tmp_path / "q.sh"
+    script.write_text("#!/bin/bash\n#PBS -l select=2:system=aurora,place=scatter\ntrue\n")
+    pbs.PbsBackend().submit(script, queue="debug", project="demo", num_nodes=2, wall_time_min=30,
+                            job_name="q", cwd=tmp_path)
+    assert "select=2:system=aurora" in fake.calls[0] and "select=2" not in fake.calls[0]
+
+
 def test_pbs_submit_parses_id(monkeypatch, tmp_path):
     fake = FakeRun({"qsub": [(0, read(PBS_DATA / "qsub-output.txt"), ""), (0, "garbage\n", "")]})
     monkeypatch.setattr(cmd, "run", fake)

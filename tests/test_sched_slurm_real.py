@@ -11,7 +11,7 @@ import subprocess
 
 import pytest
 
-from sched_fixtures import make_job_script, poll_until, site, slurm_backend  # noqa: F401
+from sched_fixtures import make_job_script, poll_until, require_slurm, site, slurm_backend  # noqa: F401
 from spoolbalsam.pbs.base import FINISHED, QUEUED, RUNNING, UNKNOWN, SchedulerError, read_exit_code
 from spoolbalsam.pbs.slurm import SlurmBackend, expand_hostlist
 
@@ -120,6 +120,7 @@ def test_mixed_known_and_unknown_ids_in_one_call(slurm_backend, site):
 
 
 def test_sacct_is_asked_once_when_accounting_is_disabled(site):
+    require_slurm()
     require = subprocess.run(["sacct", "-n", "-X", "-j", "1"], capture_output=True, text=True)
     disabled = "accounting storage is disabled" in (require.stdout + require.stderr)
     backend = SlurmBackend()

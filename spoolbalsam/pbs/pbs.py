@@ -138,6 +138,32 @@ def qsub_argv(script: Path | str, *, queue: str | None, project: str | None, num
     return argv + options + [str(script)]
 
 
+def select_from_script(text: str, num_nodes: int) -> str | None:
+    """The script's own ``#PBS -l select=`` value when its node count is ``num_nodes``.
+
+    ``qsub -l select=2`` on the command line replaces the whole ``select`` of the
+    script (``2:system=aurora`` would lose ``system=aurora``), so the backend repeats
+    the script's value instead of a bare count whenever the counts agree.
+    """
+    from spoolbalsam.pbs.script import split_directives
+
+    directives, _ = split_directives(text, "#PBS")
+    found = None
+    for line in directives:
+        words = line.split()
+        for flag, value in zip(words[1:], words[2:]):
+            if flag == "-l":
+                for item in value.split(","):
+                    if item.startswith("select="):
+                        found = item[len("select="):]
+    if not found:
+        return None
+    count = found.split(":", 1)[0]
+    if "+" in found or not count.isdigit() or int(count) != num_nodes:
+        return None
+    return found
+
+
 def parse_qsub_output(text: str) -> str:
     """The job id ``qsub`` printed (last non-empty stdout line), e.g. ``1008.aurora-pbs-0001``."""
     lines = [ln.strip() for ln in (text or "").splitlines() if ln.strip()]
@@ -353,6 +379,13 @@ class PbsBackend:
                wall_time_min: int, job_name: str, cwd: Path,
                extra: Mapping[str, str] = {}) -> str:
         script = Path(script).resolve()
+        if "select" not in extra:
+            try:
+                select = select_from_script(script.read_text(), num_nodes)
+            except (OSError, UnicodeDecodeError):
+                select = None
+            if select:
+                extra = {"select": select, **extra}
         argv = qsub_argv(script, queue=queue, project=project, num_nodes=num_nodes,
                          wall_time_min=wall_time_min, job_name=job_name,
                          output=output_path(script), extra=extra, qsub=self._cmd("qsub"))
