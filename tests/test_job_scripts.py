@@ -12,7 +12,6 @@ import os
 import shlex
 import signal
 import subprocess
-from pathlib import Path
 
 import pytest
 from hypothesis import given

@@ -11,7 +11,8 @@ import subprocess
 
 import pytest
 
-from sched_fixtures import make_job_script, poll_until, require_slurm, site, slurm_backend  # noqa: F401
+from sched_fixtures import (make_job_script, pbs_emulator, poll_until, require_slurm,  # noqa: F401
+                            site, slurm_backend)
 from spoolbalsam.pbs.base import FINISHED, QUEUED, RUNNING, UNKNOWN, SchedulerError, read_exit_code
 from spoolbalsam.pbs.slurm import SlurmBackend, expand_hostlist
 
@@ -133,3 +134,49 @@ def test_submit_to_missing_partition_raises(slurm_backend, site):
     with pytest.raises(SchedulerError) as err:
         submit(slurm_backend, script, site, queue="no-such-partition")
     assert "sbatch" in str(err.value) and "rc=" in str(err.value)
+
+
+# ----------------------------------------------------------------------------- one contract, every backend
+
+@pytest.fixture(params=["local", "slurm", "pbs"])
+def any_backend(request, tmp_path, monkeypatch):
+    """(backend, machine template, unknown id) for each implementation of the protocol."""
+    if request.param == "local":
+        from spoolbalsam.pbs.local import LocalBackend
+        return LocalBackend(state_dir=tmp_path / "local-state"), "local", "999999999"
+    if request.param == "slurm":
+        require_slurm(min_nodes=2)
+        return SlurmBackend(), "slurm", "999999"
+    backend = request.getfixturevalue("pbs_emulator")
+    return backend, "aurora", "999999.pbs-emulator"
+
+
+def test_contract_lifecycle(any_backend, site):
+    backend, machine, unknown = any_backend
+    launcher, started, go = gated_launcher(site, code=3)
+    script = make_job_script(site, machine, launcher, project="demo", queue="debug")
+    sid = backend.submit(script, queue="debug", project="demo", num_nodes=1, wall_time_min=5,
+                         job_name=script.stem, cwd=site, extra={})
+    poll_until(started.exists, bool, 30, what="launcher to start")
+    got = backend.status([sid, unknown, sid])
+    assert list(got) == [sid, unknown]                       # every id once, keyed as asked
+    assert got[sid].state == RUNNING and got[unknown].state == UNKNOWN
+    go.touch()
+    final = poll_until(state_of(backend, sid), lambda s: s.state == FINISHED, 30)
+    assert final.exit_code == 3 and read_exit_code(script.with_suffix(".ec")) == 3
+    backend.cancel(sid)
+    backend.cancel(unknown)
+    assert backend.status([]) == {}
+
+
+def test_contract_cancel_running(any_backend, site):
+    backend, machine, _ = any_backend
+    launcher, started, _go = gated_launcher(site)
+    script = make_job_script(site, machine, launcher, project="demo", queue="debug")
+    sid = backend.submit(script, queue="debug", project="demo", num_nodes=1, wall_time_min=5,
+                         job_name=script.stem, cwd=site, extra={})
+    poll_until(started.exists, bool, 30, what="launcher to start")
+    backend.cancel(sid)
+    poll_until(state_of(backend, sid), lambda s: s.state == FINISHED, 30)
+    assert poll_until(lambda: read_exit_code(script.with_suffix(".ec")), lambda c: c is not None,
+                      15, what=".ec file") == 143

@@ -69,11 +69,11 @@ def check_token(what: str, value: Any, *, required: bool = True) -> str | None:
         if required:
             raise ValueError(f"{what} is required")
         return None
-    value = str(value)
-    if not _TOKEN_RE.match(value):
-        raise ValueError(f"{what} {value!r} cannot go into a batch directive "
+    text = str(value)
+    if not _TOKEN_RE.match(text):
+        raise ValueError(f"{what} {text!r} cannot go into a batch directive "
                          "(allowed: letters, digits and _ . @ : + / = -)")
-    return value
+    return text
 
 
 def directive_lines(scheduler: str, params: Mapping[str, Any] | None) -> list[str]:
@@ -107,10 +107,10 @@ def directive_lines(scheduler: str, params: Mapping[str, Any] | None) -> list[st
 
 
 def _one_line(what: str, value: Any) -> str:
-    value = "" if value is None else str(value)
-    if "\n" in value or "\r" in value:
+    text = "" if value is None else str(value)
+    if "\n" in text or "\r" in text:
         raise ValueError(f"{what} must be a single line")
-    return value
+    return text
 
 
 def _resolve_template(machine_template: str) -> tuple[str, str, dict[str, Any]]:
@@ -200,7 +200,7 @@ def render_job_script(machine_template: str, **ctx: Any) -> str:
     templates_dir = Path(ctx.pop("templates_dir", None) or TEMPLATES_DIR)
     template, scheduler, _ = _resolve_template(machine_template)
     context = job_script_context(machine_template, **ctx)
-    text = _environment(templates_dir).get_template(template).render(**context)
+    text: str = _environment(templates_dir).get_template(template).render(**context)
     check_directives(text, DIRECTIVE_PREFIX[scheduler])
     return text
 
