@@ -277,3 +277,11 @@ def rejected_entries(site: Path) -> dict[str, tuple[bytes, str]]:
 
 def temps_under(directory: Path) -> list[Path]:
     return [Path(r) / f for r, _, fs in os.walk(directory) for f in fs if f.startswith(".")]
+
+
+def site_obj(site: Path):
+    """The site process's ``Site`` object, in this process (for deterministic step tests)."""
+    from spoolbalsam import settings as settings_mod
+    from spoolbalsam.site import Site
+    s = settings_mod.load(site / "settings.yml")
+    return Site(layout(site), s, settings_mod.machine_from_settings(s))

@@ -1,0 +1,273 @@
+"""Intake: every bad drop goes to rejected/ byte for byte with a one-line reason naming the
+file and the field, the site keeps running, and valid drops from any language are taken in.
+
+Most tests share one running site (module scope) and drop one file each; the tests that
+need a site of their own (stalls, crashes) make one.
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from spoolbalsam.spool import fsio
+
+from helpers import (counts, drop, ids_in, job, locate, make_site, pid_alive, reap_site_processes,
+                     record, rejected_entries, site_info, site_obj, spool, start_site, stop_site,
+                     wait_for)
+
+
+@pytest.fixture(scope="module")
+def live(tmp_path_factory):
+    root = make_site(tmp_path_factory.mktemp("intake") / "S")
+    start_site(root)
+    try:
+        yield root
+    finally:
+        stop_site(root)
+        reap_site_processes(root)
+
+
+def _rejected(site: Path, name: str) -> tuple[bytes, str]:
+    return wait_for(lambda: rejected_entries(site).get(name), 20, f"{name} in rejected/")
+
+
+E = {"app": "EchoHello", "parameters": {"say_hello_to": "x"}}
+
+BAD = [
+    ("invalid-json", b'{"app": "EchoHello", "workdir": ', None, "not valid JSON"),
+    ("empty-file", b"", None, "not valid JSON"),
+    ("not-utf8", b'{"app": "\xff\xfe"}', None, "not valid JSON"),
+    ("not-an-object", b"[1, 2, 3]", None, "JSON object"),
+    ("a-string", b'"hello"', None, "JSON object"),
+    ("unknown-app", {"app": "NoSuchApp", "workdir": "w"}, "app", "NoSuchApp"),
+    ("missing-required-param", {"app": "EchoHello", "workdir": "w"}, "parameters",
+     "say_hello_to"),
+    ("unknown-param", {**E, "workdir": "w", "parameters": {"say_hello_to": "x", "loud": 1}},
+     "parameters", "loud"),
+    ("num-nodes-0", {**E, "workdir": "w", "num_nodes": 0}, "num_nodes", ">= 1"),
+    ("gpus-per-rank-neg", {**E, "workdir": "w", "gpus_per_rank": -1}, "gpus_per_rank", ">= 0"),
+    ("num-nodes-x", {**E, "workdir": "w", "num_nodes": "x"}, "num_nodes", "integer"),
+    ("gpus-per-rank-x", {**E, "workdir": "w", "gpus_per_rank": "x"}, "gpus_per_rank", "number"),
+    ("too-many-gpus", {**E, "workdir": "w", "gpus_per_rank": 13}, "gpus_per_rank", "12"),
+    ("too-many-cores", {**E, "workdir": "w", "ranks_per_node": 8}, "ranks_per_node", "4"),
+    ("workdir-abs", {**E, "workdir": "/etc"}, "workdir", "/etc"),
+    ("workdir-up", {**E, "workdir": "../x"}, "workdir", "../x"),
+    ("workdir-sneaky", {**E, "workdir": "a/../../x"}, "workdir", "a/../../x"),
+    ("unknown-field", {**E, "workdir": "w", "colour": "red"}, "colour", "unknown field"),
+    ("system-field", {**E, "workdir": "w", "state": "JOB_FINISHED"}, "state",
+     "set by spoolbalsam"),
+    ("system-attempt", {**E, "workdir": "w", "attempt": 7}, "attempt", "set by spoolbalsam"),
+    ("missing-parent", {**E, "workdir": "w", "parent_ids": ["ghost-parent"]}, "parent_ids",
+     "ghost-parent"),
+    ("own-parent", {**E, "workdir": "w", "id": "selfish", "parent_ids": ["selfish"]},
+     "parent_ids", "own parent"),
+    ("bad-id", {**E, "workdir": "w", "id": "../../x"}, "id", "not a valid id"),
+]
+
+
+@pytest.fixture(scope="module")
+def bad_drops(live):
+    """Drop every bad file at once (one site batch) and wait until each is handled."""
+    dropped = {}
+    for name, content, _, _ in BAD:
+        data = content if isinstance(content, bytes) else json.dumps(content).encode()
+        drop(live, f"{name}.json", data)
+        dropped[f"{name}.json"] = data
+    wait_for(lambda: set(dropped) <= set(rejected_entries(live)), 30, "every bad drop rejected")
+    return dropped
+
+
+@pytest.mark.parametrize("name, content, field, words", BAD, ids=[b[0] for b in BAD])
+def test_bad_drop_is_rejected_byte_for_byte_with_one_line_reason(live, bad_drops, name, content,
+                                                                 field, words):
+    fname = f"{name}.json"
+    kept, reason = rejected_entries(live)[fname]
+    assert kept == bad_drops[fname], "rejected/ must keep the dropped bytes unchanged"
+    assert reason.endswith("\n") and reason.count("\n") == 1, repr(reason)
+    assert f"jobs/created/{fname}" in reason, reason
+    if field:
+        assert f"field {field!r}" in reason, reason
+    assert words in reason, reason
+    assert not (live / "jobs" / "created" / fname).exists()
+    assert fname[:-5] not in {r for st in ("waiting", "ready", "failed") for r in ids_in(live, st)}
+    info = site_info(live)
+    assert info and pid_alive(info["pid"]), "the site must keep running after bad input"
+
+
+def test_site_still_takes_in_valid_jobs_after_bad_ones(live, bad_drops):
+    drop(live, "after-bad.json", job(workdir="after/bad"))
+    wait_for(lambda: locate(live, "after-bad") == "ready", 20, "a valid job after bad ones")
+
+
+def test_rejected_drops_are_listed_with_their_reason(live):
+    drop(live, "listed-bad.json", {"app": "NoSuchApp", "workdir": "w"})
+    _rejected(live, "listed-bad.json")
+    out = spool(live, "job", "ls", "--state", "rejected").stdout
+    line = next(ln for ln in out.splitlines() if "listed-bad.json" in ln)
+    assert "REJECTED" in line and "unknown app 'NoSuchApp'" in line
+    js = [json.loads(ln) for ln in spool(live, "job", "ls", "--state", "REJECTED",
+                                        "--json").stdout.splitlines()]
+    hit = [r for r in js if r["id"].endswith("listed-bad.json")]
+    assert hit and "unknown app" in hit[0]["error"]
+
+
+def test_duplicate_id_is_rejected_and_the_existing_job_is_unchanged(live):
+    drop(live, "dup1.json", job(workdir="dup/first"))
+    wait_for(lambda: locate(live, "dup1") == "ready", 20, "dup1 ready")
+    path = live / "jobs" / "ready"
+    before = record(live, "dup1")
+    raw_before = next(path.rglob("dup1.json")).read_bytes()
+    second = json.dumps(job(workdir="dup/second")).encode()
+    drop(live, "dup1.json", second)
+    kept, reason = _rejected(live, "dup1.json")
+    assert kept == second
+    assert "field 'id'" in reason and "already exists" in reason
+    assert next(path.rglob("dup1.json")).read_bytes() == raw_before
+    assert record(live, "dup1")["workdir"] == before["workdir"] == "dup/first"
+
+
+def test_valid_drop_from_a_shell_script_is_taken_in(live):
+    script = ('json=\'{"app": "EchoHello", "workdir": "sh/j1", '
+              '"parameters": {"say_hello_to": "shell"}, "tags": {"from": "sh"}}\'\n'
+              'printf \'%s\' "$json" > jobs/created/.shj1.tmp && '
+              'mv jobs/created/.shj1.tmp jobs/created/shj1.json\n')
+    subprocess.run(["bash", "-c", script], cwd=live, check=True)
+    wait_for(lambda: locate(live, "shj1") == "ready", 20, "shj1 ready")
+    rec = record(live, "shj1")
+    assert rec["state"] == "READY" and rec["tags"] == {"from": "sh"}
+    assert rec["parameters"] == {"say_hello_to": "shell"}
+
+
+C_SOURCE = r"""
+#include <stdio.h>
+#include <unistd.h>
+int main(int argc, char **argv) {
+    char tmp[4096], dst[4096];
+    snprintf(tmp, sizeof tmp, "%s/jobs/created/.cjob1.tmp", argv[1]);
+    snprintf(dst, sizeof dst, "%s/jobs/created/cjob1.json", argv[1]);
+    FILE *f = fopen(tmp, "w");
+    if (!f) return 2;
+    fputs("{\"app\": \"EchoHello\", \"workdir\": \"c/job1\", "
+          "\"parameters\": {\"say_hello_to\": \"C\"}, \"num_nodes\": 1}", f);
+    fflush(f); fsync(fileno(f)); fclose(f);
+    return rename(tmp, dst) == 0 ? 0 : 3;
+}
+"""
+
+
+def test_valid_drop_from_a_c_program_is_taken_in(live, tmp_path):
+    src = tmp_path / "drop.c"
+    src.write_text(C_SOURCE)
+    exe = tmp_path / "drop"
+    try:
+        subprocess.run(["gcc", "-O0", "-o", str(exe), str(src)], check=True, capture_output=True)
+    except FileNotFoundError:
+        pytest.skip("gcc not available")
+    subprocess.run([str(exe), str(live)], check=True)
+    wait_for(lambda: locate(live, "cjob1") == "ready", 20, "cjob1 ready")
+    assert record(live, "cjob1")["parameters"] == {"say_hello_to": "C"}
+
+
+def test_job_create_file_goes_through_the_same_intake(live):
+    out = spool(live, "job", "create", "-a", "EchoHello", "-w", "cli/j", "-p",
+                "say_hello_to=cli", "--tag", "k=v", "-q").stdout.strip()
+    wait_for(lambda: locate(live, out) == "ready", 20, "the created job to be ready")
+    assert record(live, out)["tags"] == {"k": "v"}
+
+
+def test_many_bad_and_good_drops_at_once_none_lost(live):
+    names = []
+    for i in range(60):
+        if i % 3 == 0:
+            drop(live, f"mix-bad-{i}.json", b"{oops")
+        else:
+            drop(live, f"mix-{i}.json", job(workdir=f"mix/{i}"))
+        names.append(i)
+    wait_for(lambda: not [n for n in os.listdir(live / "jobs" / "created")
+                          if n.startswith("mix")], 30, "every mix file handled")
+    rej = rejected_entries(live)
+    for i in names:
+        if i % 3 == 0:
+            assert f"mix-bad-{i}.json" in rej
+        else:
+            assert locate(live, f"mix-{i}") == "ready"
+    assert pid_alive(site_info(live)["pid"])
+
+
+# ---- in-process step tests: exact interleavings --------------------------------------------
+def test_two_files_with_the_same_id_in_one_batch(site):
+    drop(site, "a.json", job(workdir="a", id="same"))
+    drop(site, "b.json", job(workdir="b", id="same"))
+    site_obj(site).intake()
+    assert record(site, "same")["workdir"] == "a"
+    kept, reason = rejected_entries(site)["b.json"]
+    assert "submitted twice" in reason or "already exists" in reason
+
+
+class Crash(BaseException):
+    pass
+
+
+def _crash_before_unlinking_created(monkeypatch, site: Path):
+    """Simulate kill -9 of the site after it published the batch, before it removed the
+    dropped files."""
+    created = str(site / "jobs" / "created")
+    real = fsio.unlink_quiet
+
+    def unlink(p):
+        if str(p).startswith(created):
+            raise Crash()
+        real(p)
+    monkeypatch.setattr(fsio, "unlink_quiet", unlink)
+
+
+def test_crash_after_publish_before_unlink_takes_each_file_in_once(site, monkeypatch):
+    for i in range(20):
+        drop(site, f"c{i}.json", job(workdir=f"c/{i}"))
+    _crash_before_unlinking_created(monkeypatch, site)
+    with pytest.raises(Crash):
+        site_obj(site).intake()
+    monkeypatch.undo()
+    assert len(ids_in(site, "ready")) == 20 and counts(site)["created"] == 20
+    s2 = site_obj(site)
+    s2.recover()
+    s2.intake()
+    assert sorted(ids_in(site, "ready")) == sorted(f"c{i}" for i in range(20))
+    assert counts(site)["created"] == 0 and counts(site)["rejected"] == 0
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "site.intake: a dropped file whose name is not a valid id (e.g. 'my job.json') and that "
+    "has no 'id' field gets a fresh random id on every intake; after a crash between the "
+    "batch commit and the unlink of the dropped file, the restarted site takes it in again "
+    "under a new id: one drop, two jobs"))
+def test_crash_after_publish_never_duplicates_a_file_named_without_a_valid_id(site,
+                                                                              monkeypatch):
+    drop(site, "my job.json", job(workdir="odd/1"))
+    drop(site, "_underscore.json", job(workdir="odd/2"))
+    _crash_before_unlinking_created(monkeypatch, site)
+    with pytest.raises(Crash):
+        site_obj(site).intake()
+    monkeypatch.undo()
+    s2 = site_obj(site)
+    s2.recover()
+    s2.intake()
+    workdirs = sorted(r["workdir"] for r in
+                      (json.loads(p.read_text()) for p in (site / "jobs" / "ready").rglob("*.json")))
+    assert workdirs == ["odd/1", "odd/2"], workdirs
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "site.intake: fsio.read_bytes on a directory named '*.json' in jobs/created/ raises "
+    "IsADirectoryError, which intake does not catch; every tick then fails at that name "
+    "before merging or checking launchers, so one bad entry stalls the whole site"))
+def test_a_directory_named_like_a_job_does_not_stall_the_site(site):
+    (site / "jobs" / "created" / "adir.json").mkdir()
+    drop(site, "after-dir.json", job(workdir="after/dir"))
+    s = site_obj(site)
+    s.tick()          # the site process logs a failed tick and retries the same forever
+    assert locate(site, "after-dir") == "ready"
