@@ -12,7 +12,9 @@
 set -u
 
 log() { printf 'slurm-down: %s\n' "$*" >&2; }
-alive() { [ -s "$1" ] && kill -0 "$(cat "$1")" 2>/dev/null; }
+# Zombies do not count as alive: PID 1 on these machines may never reap them.
+running() { kill -0 "$1" 2>/dev/null && ! grep -qE '^[0-9]+ \(.*\) [ZX] ' "/proc/$1/stat" 2>/dev/null; }
+alive() { [ -s "$1" ] && running "$(cat "$1")"; }
 
 if alive /run/slurm/slurmctld.pid && command -v squeue >/dev/null; then
   jobs=$(squeue -h -o %i 2>/dev/null || true)
@@ -33,7 +35,7 @@ for f in "${pidfiles[@]}"; do
   [ -s "$f" ] || continue
   pid=$(cat "$f")
   case "$pid" in ''|*[!0-9]*) rm -f "$f"; continue;; esac
-  if kill -0 "$pid" 2>/dev/null && kill -TERM "$pid" 2>/dev/null; then pids+=("$pid"); fi
+  if running "$pid" && kill -TERM "$pid" 2>/dev/null; then pids+=("$pid"); fi
   rm -f "$f"
 done
 rm -f /run/slurm/spool-test-nodes
@@ -41,7 +43,7 @@ rm -f /run/slurm/spool-test-nodes
 deadline=$((SECONDS + 15))
 while [ ${#pids[@]} -gt 0 ] && [ $SECONDS -lt $deadline ]; do
   left=()
-  for p in "${pids[@]}"; do kill -0 "$p" 2>/dev/null && left+=("$p"); done
+  for p in "${pids[@]}"; do running "$p" && left+=("$p"); done
   pids=("${left[@]+"${left[@]}"}")
   [ ${#pids[@]} -gt 0 ] && sleep 0.1
 done

@@ -37,7 +37,12 @@ MARK=/run/slurm/spool-test-nodes      # written last; says "this script configur
 FIRST_PORT=17001
 
 log() { printf 'slurm-up: %s\n' "$*" >&2; }
-alive() { [ -s "$1" ] && kill -0 "$(cat "$1")" 2>/dev/null; }
+# A pid file names a live process (zombies do not count: PID 1 here may never reap them).
+alive() {
+  local pid
+  [ -s "$1" ] && pid=$(cat "$1") && kill -0 "$pid" 2>/dev/null \
+    && ! grep -qE '^[0-9]+ \(.*\) [ZX] ' "/proc/$pid/stat" 2>/dev/null
+}
 
 mkdir -p /run/lock
 exec 9>/run/lock/spool-slurm-up.lock
@@ -63,6 +68,8 @@ wait_idle() {
   # Ready = every one of the N nodes reports "idle" (not idle*, not down).
   local deadline=$((SECONDS + ${1:-30})) states
   while [ $SECONDS -lt $deadline ]; do
+    # sinfo retries for ~9 s against a dead controller; scontrol ping answers at once.
+    if ! scontrol ping 2>/dev/null | grep -q 'is UP'; then sleep 0.1; continue; fi
     states=$(sinfo -h -N -p debug -o '%N %T' 2>/dev/null | sort -u || true)
     if [ "$(printf '%s\n' "$states" | grep -c ' idle$')" -eq "$NODES_WANTED" ]; then
       return 0
