@@ -34,14 +34,14 @@ def resource_problem(rec: dict, machine) -> tuple[str, str] | None:
 
 
 def check_job(rec: dict, source: str, apps, store, machine,
-              published: dict | None = None) -> tuple[dict | None, str]:
+              published: dict | None = None, limbo: dict | None = None) -> tuple[dict | None, str]:
     """(record in its first state, directory) — or (None, dir) if it is already in the site
     from this very file (``intake_digest`` matches: a crash after publishing)."""
     published = published if published is not None else {}
     job_id = rec["id"]
     if job_id in published:
         raise InvalidJob(source, "id", f"{job_id!r} was submitted twice in the same batch")
-    found = store.locate(job_id)
+    found = store.locate(job_id, limbo)
     if found and found[0] != "created":
         try:
             existing = fsio.read_json(found[1])
@@ -76,7 +76,7 @@ def check_job(rec: dict, source: str, apps, store, machine,
             raise InvalidJob(source, "parent_ids", "a job cannot be its own parent")
         where = published.get(p)
         if where is None:
-            loc = store.locate(p)
+            loc = store.locate(p, limbo)
             where = loc[0] if loc else None
         if where is None:
             raise InvalidJob(source, "parent_ids", f"parent {p} does not exist in this site")

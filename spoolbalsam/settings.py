@@ -59,6 +59,27 @@ CHOICES = {"watch": ("auto", "inotify", "poll"), "claim_mode": ("rename", "token
            "elastic.job_mode": ("mpi", "serial"),
            "launcher.tile_hierarchy": (None, "COMPOSITE", "FLAT"),
            "launcher.mpi_flavour": (None, "pals", "hydra", "srun")}
+def _whole(lo: int):
+    def check(v):
+        if isinstance(v, bool) or not isinstance(v, int) or v < lo:
+            raise ValueError(f"must be a whole number >= {lo}, got {v!r}")
+        return v
+    return check
+
+
+def _id_list(v):
+    if not isinstance(v, list) or not all(isinstance(g, (str, int)) and not isinstance(g, bool)
+                                          for g in v):
+        raise ValueError(f"must be a list of GPU ids like [\"0\", \"1\"], got {v!r}")
+    if len(set(map(str, v))) != len(v):
+        raise ValueError(f"lists a GPU id twice: {v!r}")
+    return [str(g) for g in v]
+
+
+# Keys whose default is null ("the machine's value") but whose value, when given, has a type.
+OPTIONAL = {"launcher.cpus_per_node": _whole(1), "launcher.gpu_ids": _id_list,
+            "launcher.max_mpiexec_per_batch_job": _whole(1),
+            "launcher.max_concurrent_mpiruns": _whole(1)}
 FREE_MAPPINGS = {"filter_tags", "scheduler.allowed_queues", "scheduler.optional_batch_job_params"}
 
 
@@ -73,6 +94,11 @@ def _check(value, default, key: str, source: str):
         if value not in CHOICES[key]:
             raise bad(f"{value!r} is not one of {', '.join(map(str, CHOICES[key]))}")
         return value
+    if key in OPTIONAL and value is not None:
+        try:
+            return OPTIONAL[key](value)
+        except ValueError as e:
+            raise bad(str(e)) from None
     if key in FREE_MAPPINGS:
         if not isinstance(value, dict):
             raise bad("must be a mapping")

@@ -36,7 +36,7 @@ from .spool import states as S
 from .apps import AppRegistry
 from .spool import fsio
 from .spool.events import apply_event, event_logs, merged_offsets
-from .spool.ids import valid_id
+from .spool.ids import new_id, valid_id
 from .spool.layout import Layout
 from .spool.lease import DEAD, EXITED, LeaseJudge, read_lease
 from .intake import check_job
@@ -49,6 +49,23 @@ INTAKE_BATCH = 5000
 FINAL = (S.JOB_FINISHED, S.FAILED)
 
 
+def _parents_first(parsed: list) -> list:
+    """The drops of one batch ordered so that a parent dropped with its child comes first
+    (a cycle is left in file order; check_job then rejects the child naming its parent)."""
+    ids = {rec["id"] for _, _, rec in parsed}
+    done: set[str] = set()
+    out, rest = [], list(parsed)
+    while rest:
+        ready = [e for e in rest if all(p in done or p not in ids for p in e[2]["parent_ids"])]
+        if not ready:
+            return out + rest
+        for e in ready:
+            done.add(e[2]["id"])
+        out += ready
+        rest = [e for e in rest if e[2]["id"] not in done]
+    return out
+
+
 class Site:
     def __init__(self, layout: Layout, settings: dict, machine=None):
         self.layout = layout
@@ -59,7 +76,7 @@ class Site:
         self.judge = LeaseJudge(settings.get("lease_stale_sec", 60.0))
         self.offsets: dict[str, int] = merged_offsets(layout)
         self.children: dict[str, set[str]] = {}
-        self.unsettled: dict[str, dict] = {}    # job -> final event whose rename never happened
+        self.unsettled: dict[str, list[dict]] = {}  # job -> verdict events, rename not seen yet
         self.events = fsio.AppendLog(layout.site_dir / "events.jsonl")
         self.machine = machine
         self.batch = None                        # BatchManager, attached by the runner
@@ -114,26 +131,31 @@ class Site:
         names = sorted(fsio.list_names(self.layout.created))[:limit]
         if not names:
             return 0
-        batch = fsio.Batch(self.layout.jobs)
-        published: dict[str, str] = {}          # id -> directory, for this batch
-        taken: list[Path] = []
+        parsed = []                              # (src, name, record) of well-formed drops
         for name in names:
             src = self.layout.created / name
             try:
-                data = fsio.read_bytes(src)
+                parsed.append((src, name, self._parse(src, name)))
             except FileNotFoundError:
-                continue
+                continue                         # taken back by its submitter
+            except InvalidJob as e:
+                self._reject(src, name, str(e))
+        batch = fsio.Batch(self.layout.jobs)
+        published: dict[str, str] = {}           # id -> directory, for this batch
+        taken: list[Path] = []
+        limbo = self.store.limbo_index()
+        for src, name, rec in _parents_first(parsed):
             try:
-                rec, where = self._validate(name, data, published)
+                rec, where = check_job(rec, f"jobs/created/{name}", self.apps, self.store,
+                                       self.machine, published, limbo)
             except InvalidJob as e:
                 self._reject(src, name, str(e))
                 continue
+            taken.append(src)
             if rec is None:                      # already published before a crash
-                taken.append(src)
                 continue
             batch.add_json(self.layout.job_path(where, rec["id"]), rec)
             published[rec["id"]] = where
-            taken.append(src)
             if where == "waiting":
                 for p in rec["parent_ids"]:
                     self.children.setdefault(p, set()).add(rec["id"])
@@ -148,16 +170,29 @@ class Site:
                 self._settle_waiting(job_id)
         return len(taken)
 
-    def _validate(self, name: str, data: bytes, published: dict) -> tuple[dict | None, str]:
+    def _parse(self, src: Path, name: str) -> dict:
         source = f"jobs/created/{name}"
+        try:
+            st = src.stat()
+            if not src.is_file():
+                raise InvalidJob(source, None, "not a regular file; drop one JSON file per job")
+            data = fsio.read_bytes(src)
+        except FileNotFoundError:
+            raise
+        except OSError as e:
+            raise InvalidJob(source, None, f"cannot be read: {e.strerror}") from None
         try:
             raw = orjson.loads(data)
         except orjson.JSONDecodeError as e:
             raise InvalidJob(source, None, f"not valid JSON: {e}") from None
+        digest = hashlib.sha1(data).digest()
         stem = name[: -len(".json")]
-        rec = normalize(raw, source, default_id=stem if valid_id(stem) else None)
-        rec["intake_digest"] = hashlib.sha1(data).hexdigest()[:16]
-        return check_job(rec, source, self.apps, self.store, self.machine, published)
+        # A file without a usable id is named from its own bytes and drop time, so taking it
+        # in again after a crash finds the job it already became (see check_job).
+        default = stem if valid_id(stem) else new_id(st.st_mtime_ns // 1_000_000, digest)
+        rec = normalize(raw, source, default_id=default)
+        rec["intake_digest"] = digest.hex()[:16]
+        return rec
 
     def _reject(self, src: Path, name: str, reason: str) -> None:
         stamp = time.strftime("%Y%m%dT%H%M%S")
@@ -174,7 +209,10 @@ class Site:
 
     # ---- 2. merge launcher events ---------------------------------------------------------
     def merge(self) -> int:
-        merged = 0
+        """Merge new launcher events into done/ and failed/ records; release children."""
+        batch = fsio.Batch(self.layout.jobs)
+        settled: list[tuple[str, str]] = []
+        merged = self._merge_unsettled(batch, settled)
         changed = False
         for launcher, path in event_logs(self.layout).items():
             start = self.offsets.get(launcher, 0)
@@ -185,39 +223,52 @@ class Site:
             for ev in events:
                 if "job" in ev and "to" in ev:
                     by_job.setdefault(ev["job"], []).append(ev)
-            batch = fsio.Batch(self.layout.jobs)
-            finished, failed = [], []
             for job_id, evs in by_job.items():
-                final = evs[-1]["to"]
-                if final not in FINAL:
-                    continue
-                where = "done" if final == S.JOB_FINISHED else "failed"
-                path_ = self.layout.job_path(where, job_id)
-                try:
-                    rec = fsio.read_json(path_)
-                except FileNotFoundError:
-                    # The launcher wrote its verdict but did not (yet) rename the job.
-                    self.unsettled[job_id] = evs[-1]
-                    continue
-                new = rec
-                for ev in evs:
-                    new = apply_event(new, ev)
-                if new is not rec:
-                    self.store.move_rewrite(path_, path_, new, self.limbo, batch)
-                    merged += 1
-                (finished if where == "done" else failed).append(job_id)
-            batch.commit()
+                if evs[-1]["to"] in FINAL:
+                    merged += self._merge_final(job_id, evs, batch, settled)
             self.offsets[launcher] = end
             changed = True
-            for job_id in finished:
-                self.unsettled.pop(job_id, None)
-                self._release_children(job_id)
-            for job_id in failed:
-                self.unsettled.pop(job_id, None)
-                self._fail_children(job_id)
+        batch.commit()
         if changed:
             fsio.write_json_atomic(self.layout.site_dir / "merged.json", self.offsets)
+        for job_id, where in settled:
+            (self._release_children if where == "done" else self._fail_children)(job_id)
         return merged
+
+    def _merge_final(self, job_id: str, evs: list[dict], batch, settled: list) -> int:
+        """Apply a job's events to its record in done/ or failed/ (0 or 1 records changed).
+
+        # race: a launcher syncs its verdict events *before* it renames the job out of
+        # running/L/, so the site may read the verdict first.  Such a job is kept in
+        # ``unsettled`` and looked at again every tick until the rename has happened (or the
+        # job was revoked, when the verdict is dropped: the record's attempt moved on).
+        """
+        where = "done" if evs[-1]["to"] == S.JOB_FINISHED else "failed"
+        path = self.layout.job_path(where, job_id)
+        try:
+            rec = fsio.read_json(path)
+        except FileNotFoundError:
+            self.unsettled[job_id] = self.unsettled.get(job_id, []) + evs
+            return 0
+        self.unsettled.pop(job_id, None)
+        new = rec
+        for ev in evs:
+            new = apply_event(new, ev)
+        settled.append((job_id, where))
+        if new is rec:
+            return 0
+        return int(self.store.move_rewrite(path, path, new, self.limbo, batch))
+
+    def _merge_unsettled(self, batch, settled: list) -> int:
+        n = 0
+        for job_id, evs in list(self.unsettled.items()):
+            loc = self.store.locate(job_id)
+            if loc is None or loc[0] in ("ready", "waiting", "created"):
+                self.unsettled.pop(job_id)      # revoked or removed meanwhile
+            elif loc[0] in ("done", "failed"):
+                del self.unsettled[job_id]
+                n += self._merge_final(job_id, evs, batch, settled)
+        return n
 
     def _release_children(self, parent: str) -> None:
         for child in self.children.pop(parent, ()):
@@ -299,11 +350,13 @@ class Site:
 
     def _revoke_job(self, src: Path, rec: dict, launcher: str, why: str) -> int:
         job_id = rec["id"]
-        verdict = self.unsettled.pop(job_id, None)
-        if verdict and verdict.get("attempt") == rec.get("attempt"):
+        evs = self.unsettled.pop(job_id, None)
+        if evs and evs[-1].get("attempt") == rec.get("attempt"):
             # The launcher recorded a verdict durably but died before its rename.
-            new = apply_event(rec, verdict)
-            where = "done" if verdict["to"] == S.JOB_FINISHED else "failed"
+            new = rec
+            for ev in evs:
+                new = apply_event(new, ev)
+            where = "done" if evs[-1]["to"] == S.JOB_FINISHED else "failed"
             if self.store.move_rewrite(src, self.layout.job_path(where, job_id), new, self.limbo):
                 (self._release_children if where == "done" else self._fail_children)(job_id)
             return 1
@@ -340,6 +393,9 @@ class Site:
                 self.tick(started)
             except Exception:  # the site never stops on one bad tick; it logs and goes on
                 log.exception("site tick failed; continuing")
-            wake.wait(timeout=max(0.0, interval - (time.monotonic() - started)))
+            # Verdicts seen before their rename are settled on the next tick: come back soon
+            # (the rename out of running/ is not watched).
+            period = 0.02 if self.unsettled else interval
+            wake.wait(timeout=max(0.0, period - (time.monotonic() - started)))
             wake.clear()
         self.events.close()

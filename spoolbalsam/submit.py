@@ -37,12 +37,13 @@ def submit_jobs(layout: Layout, raws: list, source: str = "submit", machine=None
         except settings_mod.SettingsError as e:
             raise SubmitError(str(e)) from None
     published: dict[str, str] = {}
+    limbo = store.limbo_index()
     recs = []
     for i, raw in enumerate(raws):
         src = source if len(raws) == 1 else f"{source} [job {i}]"
         try:
             rec = normalize(raw, src)
-            _, where = check_job(rec, src, apps, store, machine, published)
+            _, where = check_job(rec, src, apps, store, machine, published, limbo)
         except InvalidJob as e:
             raise SubmitError(str(e)) from None
         published[rec["id"]] = where

@@ -30,9 +30,13 @@ def _b32(value: int, width: int) -> str:
     return "".join(reversed(out))
 
 
-def new_id(now_ms: int | None = None) -> str:
+def new_id(now_ms: int | None = None, seed: bytes | None = None) -> str:
+    """A fresh id; with ``seed`` the 80 low bits come from it, so the same (time, seed) always
+    gives the same id (the site names a dropped file that has no usable id this way, so a
+    re-intake after a crash finds the job it already published)."""
     ms = int(time.time() * 1000) if now_ms is None else now_ms
-    return _b32(ms, 10) + _b32(int.from_bytes(os.urandom(10), "big"), 16)
+    rand = int.from_bytes((seed or os.urandom(10))[:10].ljust(10, b"\0"), "big")
+    return _b32(ms, 10) + _b32(rand, 16)
 
 
 def valid_id(job_id: object) -> bool:

@@ -49,8 +49,12 @@ class Store:
         self.claim_mode = claim_mode
 
     # ---- finding jobs -------------------------------------------------------------------
-    def locate(self, job_id: str) -> tuple[str, Path] | None:
-        """(directory, path) of the job's visible record, or None.  O(states + launchers)."""
+    def locate(self, job_id: str, limbo: dict | None = None) -> tuple[str, Path] | None:
+        """(directory, path) of the job's record, or None.  O(states + launchers).
+
+        A job held in a limbo (mid-move, or left there by a crash) still exists: pass
+        ``limbo_index()`` to find it; its directory is the one it is moving to.
+        """
         lay = self.layout
         for state in SHARDED_DIRS:
             p = lay.job_path(state, job_id)
@@ -63,7 +67,20 @@ class Store:
         p = lay.created / f"{job_id}.json"
         if p.exists():
             return "created", p
+        if limbo is not None and job_id in limbo:
+            return limbo[job_id]
         return None
+
+    def limbo_index(self) -> dict[str, tuple[str, Path]]:
+        """Every job held in a limbo (the site's and each launcher's): id -> (dest, path)."""
+        out = {}
+        dirs = [self.layout.site_dir / "limbo"] + [self.layout.launchers / n / "limbo"
+                                                   for n in fsio.list_dirs(self.layout.launchers)]
+        for d in dirs:
+            for name in fsio.list_names(d):
+                job_id, _, key = name[: -len(".json")].partition(LIMBO_SEP)
+                out[job_id] = (key.split(".", 1)[0] or "ready", d / name)
+        return out
 
     def exists(self, job_id: str) -> bool:
         return self.locate(job_id) is not None
