@@ -25,6 +25,8 @@ def test_child_waits_until_all_parents_are_done(running_site):
     assert not (site / "data" / "dep" / "kid").exists()
     start_launcher(site, idle_ttl=4)
     wait_for(lambda: locate(site, "kid") == "done", 40, "kid done")
+    wait_for(lambda: all(locate(site, j) == "done" and record(site, j).get("return_code") == 0
+                         for j in ("p1", "p2", "kid")), 20, "the three records merged")
     recs = {j: record(site, j) for j in ("p1", "p2", "kid")}
     assert recs["kid"]["started_at"] >= max(recs["p1"]["ended_at"], recs["p2"]["ended_at"])
     assert recs["kid"]["return_code"] == 0

@@ -1,0 +1,195 @@
+"""Crash safety with real processes and real signals (kill -9), plus the exact crash windows
+that a signal cannot hit on purpose, simulated in process."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+from pathlib import Path
+
+import pytest
+
+from spoolbalsam.spool import fsio
+from spoolbalsam.spool.ids import shard
+
+from helpers import (counts, drop, ids_in, job, kill9, launcher_ids, locate, pid_alive, record,
+                     records, rejected_entries, site_info, site_obj, spool, start_launcher,
+                     start_site, stop_site, wait_for, write_app)
+
+# Each attempt appends "start|end ATTEMPT PID" to attempts.log in its workdir; only the first
+# attempt sleeps, so a re-run finishes at once.
+MARKER = {"command_template": 'echo "start $SPOOL_ATTEMPT $$" >> attempts.log; '
+                              'if [ "$SPOOL_ATTEMPT" = 1 ]; then sleep {{ secs }}; fi; '
+                              'echo "end $SPOOL_ATTEMPT $$" >> attempts.log'}
+
+
+def attempts(site: Path, workdir: str) -> list[tuple[str, int, int]]:
+    try:
+        text = (site / "data" / workdir / "attempts.log").read_text()
+    except FileNotFoundError:
+        return []
+    return [(w, int(a), int(p)) for w, a, p in (ln.split() for ln in text.splitlines())]
+
+
+def _kill_launcher_mid_run(site: Path, n: int = 3):
+    write_app(site, "Marker", MARKER)
+    ids = [f"m{i}" for i in range(n)]
+    for j in ids:
+        drop(site, f"{j}.json", job("Marker", f"mark/{j}", parameters={"secs": "30"},
+                                    node_packing_count=4))
+    wait_for(lambda: len(ids_in(site, "ready")) == n, 20, "jobs ready")
+    proc = start_launcher(site, idle_ttl=60)
+    wait_for(lambda: all(attempts(site, f"mark/{j}") for j in ids), 20, "every job started")
+    first_pids = {j: attempts(site, f"mark/{j}")[0][2] for j in ids}
+    [lid] = launcher_ids(site)
+    assert sorted(ids_in(site, "running")) == ids
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait(10)
+    return ids, first_pids, lid
+
+
+def test_kill9_launcher_jobs_are_revoked_then_finish_elsewhere(running_site):
+    site = running_site
+    ids, _, lid = _kill_launcher_mid_run(site)
+    wait_for(lambda: sorted(ids_in(site, "ready")) == ids, 20, "jobs revoked back to ready/")
+    assert ids_in(site, "running") == []
+    for j in ids:
+        rec = record(site, j)
+        assert rec["attempt"] == 2 and rec["state"] == "RESTART_READY"
+        steps = [h["to"] for h in rec["history"]]
+        assert "RUN_TIMEOUT" in steps, steps
+        assert lid in next(h["msg"] for h in rec["history"] if h["to"] == "RUN_TIMEOUT")
+    wait_for(lambda: (site / "launchers" / ".retired" / lid).is_dir(), 10, "launcher retired")
+    start_launcher(site, idle_ttl=2)
+    wait_for(lambda: sorted(ids_in(site, "done")) == ids, 30, "all jobs done on a new launcher")
+    for j in ids:
+        assert [(w, a) for w, a, _ in attempts(site, f"mark/{j}")
+                if a == 2] == [("start", 2), ("end", 2)]
+    assert counts(site)["done"] == len(ids) and counts(site)["ready"] == 0
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "kill -9 of a launcher leaves its jobs' processes running (runner.start puts each job in "
+    "its own session and nothing records or kills them): the site revokes the job, the next "
+    "launcher starts attempt 2 while attempt 1 is still running -- the same job twice at once"))
+def test_kill9_launcher_no_job_runs_twice_at_the_same_time(running_site):
+    site = running_site
+    ids, first_pids, _ = _kill_launcher_mid_run(site)
+    wait_for(lambda: sorted(ids_in(site, "ready")) == ids, 20, "jobs revoked back to ready/")
+    start_launcher(site, idle_ttl=2)
+    wait_for(lambda: all(("start", 2) in [(w, a) for w, a, _ in attempts(site, f"mark/{j}")]
+                         for j in ids), 30, "second attempts started")
+    overlapping = [j for j in ids if pid_alive(first_pids[j])]
+    assert overlapping == [], f"attempt 1 still running beside attempt 2 for {overlapping}"
+
+
+# ---- kill -9 of the site mid-intake ---------------------------------------------------------
+def test_kill9_site_mid_intake_of_2000_files_loses_and_duplicates_nothing(site):
+    n = 2000
+    names = {}
+    for i in range(n):
+        name = f"k{i:04d}.json"
+        bad = i % 40 == 0
+        names[name] = bad
+        drop(site, name, b"{broken" if bad else json.dumps(job(workdir=f"k/{i}")).encode())
+    created = site / "jobs" / "created"
+    first_good = site / "jobs" / "ready" / shard("k0001") / "k0001.json"
+    # round 1: kill as soon as the first job is published (mid-publication)
+    pid = start_site(site)
+    wait_for(first_good.exists, 60, "the first job published", 0.0005)
+    kill9(pid)
+    wait_for(lambda: not pid_alive(pid), 10, "site dead")
+    left = len(fsio.list_names(created))
+    assert left > 0, "the kill came after the intake had finished; nothing was tested"
+    # round 2: kill once the site has started removing taken files
+    pid = start_site(site)
+    wait_for(lambda: len(fsio.list_names(created)) < left, 60, "intake removing files", 0.001)
+    kill9(pid)
+    wait_for(lambda: not pid_alive(pid), 10, "site dead")
+    # round 3: let it finish
+    start_site(site)
+    wait_for(lambda: not fsio.list_names(created), 60, "created/ drained")
+    stop_site(site)
+    ready = ids_in(site, "ready")
+    assert len(ready) == len(set(ready)), "a job was published twice"
+    good = sorted(nm[:-5] for nm, bad in names.items() if not bad)
+    assert sorted(ready) == good, "a valid drop was lost or a stranger appeared"
+    rej = [p.name for p in (site / "jobs" / "rejected").iterdir()
+           if not p.name.startswith(".") and not p.name.endswith(".reason")]
+    originals = [r.split("-", 1)[1] for r in rej]
+    assert sorted(originals) == sorted(nm for nm, bad in names.items() if bad), \
+        "every bad drop must be in rejected/ exactly once"
+    assert all(v[0] == b"{broken" for v in rejected_entries(site).values())
+    assert counts(site)["waiting"] == counts(site)["failed"] == 0
+
+
+# ---- kill -9 of the site while a launcher finishes jobs --------------------------------------
+def test_kill9_site_while_launcher_finishes_jobs_then_restart_merges_all(running_site):
+    site = running_site
+    write_app(site, "Nap", {"command_template": "echo nap {{ n }}; sleep 0.3"})
+    ids = [f"n{i}" for i in range(10)]
+    for j in ids:
+        drop(site, f"{j}.json", job("Nap", f"nap/{j}", parameters={"n": j}, node_packing_count=4))
+    drop(site, "nfail.json", job("Fail", "nap/fail", retry={"errors": 0}))
+    drop(site, "nkid.json", job(workdir="nap/kid", parent_ids=["n9"]))
+    wait_for(lambda: len(ids_in(site, "ready")) == 11, 20, "jobs ready")
+    launcher = start_launcher(site, idle_ttl=1.5)
+    wait_for(lambda: len(ids_in(site, "done")) >= 3, 30, "some jobs done")
+    kill9(site_info(site)["pid"])
+    wait_for(lambda: launcher.poll() is not None, 60, "launcher to finish and exit")
+    assert sorted(ids_in(site, "done")) == ids and ids_in(site, "failed") == ["nfail"]
+    # readers merge the launcher's events themselves while the site is down
+    shown = {r["id"]: r for r in map(json.loads, spool(site, "job", "ls", "--json").stdout
+                                     .splitlines())}
+    for j in ids:
+        assert shown[j]["state"] == "JOB_FINISHED" and shown[j]["return_code"] == 0, shown[j]
+    assert shown["nfail"]["state"] == "FAILED" and shown["nkid"]["state"] == "AWAITING_PARENTS"
+    start_site(site)
+    wait_for(lambda: all(r.get("return_code") == 0 and r.get("state") == "JOB_FINISHED"
+                         for r in records(site, "done")) and len(records(site, "done")) == 10,
+             30, "every done record merged on disk after the restart")
+    for j in ids:
+        rec = record(site, j)
+        assert rec["placement"] and rec["ended_at"] >= rec["started_at"]
+        assert "RUN_DONE" in [h["to"] for h in rec["history"]]
+    wait_for(lambda: locate(site, "nkid") == "ready", 20, "the child released after restart")
+    assert record(site, "nfail")["return_code"] == 3
+
+
+# ---- crash windows a signal cannot aim at -----------------------------------------------------
+class Crash(BaseException):
+    pass
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "store.finish_limbo publishes the limbo copy, i.e. the record *before* its rewrite: a site "
+    "killed between the revoke's rename into site/limbo and the publication in ready/ comes "
+    "back with the job in ready/ at its old attempt (1), state READY, no RUN_TIMEOUT -- the "
+    "revoked attempt's number is reused (DESIGN rule 3: it must reach ready/ with attempt+1)"))
+def test_site_crash_mid_revoke_still_gives_the_job_a_new_attempt(site, monkeypatch):
+    drop(site, "rv.json", job(workdir="rv/1"))
+    s = site_obj(site)
+    s.intake()
+    lay = s.layout
+    assert s.store.claim(lay.job_path("ready", "rv"), "Ldead")
+    dead = __import__("subprocess").Popen(["true"])
+    dead.wait()
+    fsio.write_json_atomic(lay.launcher_dir("Ldead") / "lease.json",
+                           {"seq": 1, "host": fsio.HOST, "pid": dead.pid, "state": "running"})
+    ready_dir = str(lay.state_dir("ready"))
+    real = fsio.write_json_atomic
+
+    def crash_on_publish(path, obj, **kw):
+        if str(path).startswith(ready_dir):
+            raise Crash()
+        return real(path, obj, **kw)
+    monkeypatch.setattr(fsio, "write_json_atomic", crash_on_publish)
+    with pytest.raises(Crash):
+        s.check_launchers(0.0)
+    monkeypatch.undo()
+    s2 = site_obj(site)
+    s2.recover()
+    s2.tick()
+    assert locate(site, "rv") == "ready"
+    rec = record(site, "rv")
+    assert rec["attempt"] == 2 and "RUN_TIMEOUT" in [h["to"] for h in rec["history"]]
