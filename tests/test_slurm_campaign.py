@@ -204,3 +204,25 @@ def test_serial_campaign_one_worker_per_node(slurm_site):
     assert all(len(h) == 1 for h in hosts_of.values()), dict(hosts_of)    # ... one per node
     assert not gpu_conflicts(record_intervals(done[j] for j in ids))
     assert not gpu_conflicts(run_intervals(site))
+
+
+def test_two_rank_job_runs_without_launch_params(slurm_site):
+    """The launcher assumes it owns whole nodes; so must the allocation.
+
+    A 2-rank job on one emulated node (2 real cpus) needs no srun sharing flags -- if the
+    batch job holds the whole node. ``sbatch -N 2`` alone gets one cpu per node on a
+    shared partition, and then srun refuses the step ("More processors requested than
+    permitted"): the batch job has to ask for its nodes exclusively.
+    """
+    site = slurm_site
+    [job] = submit(site, [{"app": "where", "workdir": "two", "ranks_per_node": 2,
+                           "parameters": {"secs": "0"}}])
+    bid = _queue_submit(site, "mpi")
+    try:
+        _run_campaign(site, [job], bid, timeout=90)
+    except AssertionError as e:
+        out = site / "data" / "two" / "job.out"
+        raise AssertionError(f"job.out: {out.read_text() if out.exists() else '(none)'}\n{e}")
+    [rec] = [r for r in records(site, "done") if r["id"] == job]
+    lines = parse_kv_lines(read_job_out(site, rec))
+    assert sorted(d["rank"] for d in lines) == ["0", "1"], lines
