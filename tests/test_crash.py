@@ -130,29 +130,39 @@ def test_kill9_site_while_launcher_finishes_jobs_then_restart_merges_all(running
     ids = [f"n{i}" for i in range(10)]
     for j in ids:
         drop(site, f"{j}.json", job("Nap", f"nap/{j}", parameters={"n": j}, node_packing_count=4))
-    drop(site, "nfail.json", job("Fail", "nap/fail", retry={"errors": 0}))
+    # (all jobs pack 4 to a node, so a start-twice bug cannot block a whole-node job here:
+    # test_launcher_local covers that one)
+    drop(site, "nfail.json", job("Fail", "nap/fail", retry={"errors": 0}, node_packing_count=4))
     drop(site, "nkid.json", job(workdir="nap/kid", parent_ids=["n9"]))
     wait_for(lambda: len(ids_in(site, "ready")) == 11, 20, "jobs ready")
     launcher = start_launcher(site, idle_ttl=1.5)
     wait_for(lambda: len(ids_in(site, "done")) >= 3, 30, "some jobs done")
     kill9(site_info(site)["pid"])
     wait_for(lambda: launcher.poll() is not None, 60, "launcher to finish and exit")
-    assert sorted(ids_in(site, "done")) == ids and ids_in(site, "failed") == ["nfail"]
+    # none lost: a job the site was merging when it died is held in site/limbo until restart
+    # (or both in limbo and published, if it died just before dropping the limbo copy)
+    done, failed = ids_in(site, "done"), ids_in(site, "failed")
+    held = [n.split("@")[0] for n in fsio.list_names(site / "site" / "limbo")]
+    # (nkid may have been released and run before the kill)
+    assert (set(done) | set(failed) | set(held)) - {"nkid"} == set(ids) | {"nfail"}, "job lost"
+    assert set(done) <= set(ids) | {"nkid"} and set(failed) <= {"nfail"}
+    assert len(done) == len(set(done))
     # readers merge the launcher's events themselves while the site is down
     shown = {r["id"]: r for r in map(json.loads, spool(site, "job", "ls", "--json").stdout
                                      .splitlines())}
-    for j in ids:
+    for j in ids_in(site, "done"):
         assert shown[j]["state"] == "JOB_FINISHED" and shown[j]["return_code"] == 0, shown[j]
-    assert shown["nfail"]["state"] == "FAILED" and shown["nkid"]["state"] == "AWAITING_PARENTS"
+    assert shown["nkid"]["state"] in ("AWAITING_PARENTS", "READY", "JOB_FINISHED")
     start_site(site)
     wait_for(lambda: all(r.get("return_code") == 0 and r.get("state") == "JOB_FINISHED"
-                         for r in records(site, "done")) and len(records(site, "done")) == 10,
+                         for r in records(site, "done")) and
+             set(ids) <= set(ids_in(site, "done")),
              30, "every done record merged on disk after the restart")
     for j in ids:
         rec = record(site, j)
         assert rec["placement"] and rec["ended_at"] >= rec["started_at"]
         assert "RUN_DONE" in [h["to"] for h in rec["history"]]
-    wait_for(lambda: locate(site, "nkid") == "ready", 20, "the child released after restart")
+    wait_for(lambda: locate(site, "nkid") in ("ready", "done"), 20, "child released after restart")
     assert record(site, "nfail")["return_code"] == 3
 
 
@@ -193,3 +203,30 @@ def test_site_crash_mid_revoke_still_gives_the_job_a_new_attempt(site, monkeypat
     assert locate(site, "rv") == "ready"
     rec = record(site, "rv")
     assert rec["attempt"] == 2 and "RUN_TIMEOUT" in [h["to"] for h in rec["history"]]
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "query.select (spool job ls/show) never looks into site/limbo: a site killed mid-merge "
+    "(after renaming done/ records into site/limbo, before its batch commit) leaves those "
+    "jobs invisible to every reader until the site is restarted"))
+def test_jobs_held_by_a_site_killed_mid_merge_stay_visible_to_readers(site, monkeypatch):
+    from spoolbalsam.spool.query import select
+    from spoolbalsam.spool.store import Store
+    drop(site, "vis.json", job(workdir="vis/1"))
+    s = site_obj(site)
+    s.intake()
+    lay = s.layout
+    claimed = Store(lay).claim(lay.job_path("ready", "vis"), "L1")
+    log = fsio.AppendLog(lay.launcher_dir("L1") / "events.jsonl")
+    log.append({"t": 1.0, "job": "vis", "attempt": 1, "to": "RUN_DONE", "return_code": 0,
+                "by": "L1"})
+    log.append({"t": 2.0, "job": "vis", "attempt": 1, "to": "JOB_FINISHED", "by": "L1"})
+    log.close()
+    Store.move(claimed, lay.job_path("done", "vis"))
+    monkeypatch.setattr(fsio.Batch, "commit", lambda self: (_ for _ in ()).throw(Crash()))
+    with pytest.raises(Crash):
+        s.merge()
+    monkeypatch.undo()
+    assert fsio.list_names(lay.site_dir / "limbo") == ["vis@done.json"]
+    shown = [r["id"] for r in select(lay)]
+    assert shown == ["vis"]

@@ -231,3 +231,27 @@ def test_token_mode_job_can_run_again_after_a_failed_start_and_retry(site):
     proc = start_launcher(site, idle_ttl=1)
     wait_for(lambda: proc.poll() is not None, 30, "second launcher exit")
     assert locate(site, "tok") == "done"
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "launcher.Launcher._next_candidates re-appends every still-ready path on each rescan, so "
+    "self.cands holds many copies of a job that is waiting for room (placement.choose requires "
+    "distinct keys); when room frees, choose places the copies, and Store.claim's NFSv3 check "
+    "('dst.exists() -> return dst') makes every repeated claim of the same path 'succeed': the "
+    "job is started several times at once, only the last Running is kept, the others are never "
+    "reaped and their cores/gpus are never released"))
+def test_a_job_waiting_for_room_is_started_exactly_once(site):
+    drop(site, "whole.json", job("Sleep", "room/whole", parameters={"secs": "1"}))
+    s = site_obj(site)
+    s.intake()
+    proc = start_launcher(site, idle_ttl=1)
+    wait_for(lambda: ids_in(site, "running") == ["whole"], 20, "the whole-node job running")
+    drop(site, "quarter.json", job(workdir="room/quarter", node_packing_count=4))
+    s.intake()                                  # ready while the node is full
+    wait_for(lambda: proc.poll() is not None, 30, "launcher exit")
+    starts = [e for e in launcher_events(site) if e.get("job") == "quarter"
+              and e.get("to") == "RUNNING"]
+    assert len(starts) == 1, f"started {len(starts)} times"
+    [lid] = launcher_ids(site)
+    lease = json.loads((site / "launchers" / lid / "lease.json").read_text())
+    assert lease["launches"] == lease["finished"] == 2
