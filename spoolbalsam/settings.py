@@ -33,6 +33,7 @@ DEFAULTS: dict = {
         "max_mpiexec_per_batch_job": None,
         "max_concurrent_mpiruns": None,
         "prefetch": 64,               # ready candidates a launcher reads ahead per bucket
+        "default_launch_params": {},  # launch_params every job gets (its own win), e.g. srun overlap
     },
     "scheduler": {
         "sync_period_sec": 10.0,
@@ -80,7 +81,8 @@ def _id_list(v):
 OPTIONAL = {"launcher.cpus_per_node": _whole(1), "launcher.gpu_ids": _id_list,
             "launcher.max_mpiexec_per_batch_job": _whole(1),
             "launcher.max_concurrent_mpiruns": _whole(1)}
-FREE_MAPPINGS = {"filter_tags", "scheduler.allowed_queues", "scheduler.optional_batch_job_params"}
+FREE_MAPPINGS = {"filter_tags", "scheduler.allowed_queues", "scheduler.optional_batch_job_params",
+                 "launcher.default_launch_params"}
 
 
 class SettingsError(ValueError):
@@ -169,11 +171,11 @@ def render_default(site_name: str, machine: str, **extra) -> str:
 
 
 MACHINE_KEYS = ("cpus_per_node", "gpu_ids", "tile_hierarchy", "mpi_flavour",
-                "max_mpiexec_per_batch_job", "max_concurrent_mpiruns")
+                "max_mpiexec_per_batch_job", "max_concurrent_mpiruns", "default_launch_params")
 
 
 def machine_from_settings(s: dict):
     """The site's machine with the ``launcher:`` overrides of settings.yml applied."""
     from .machines import get_machine
-    overrides = {k: s["launcher"][k] for k in MACHINE_KEYS if s["launcher"].get(k) is not None}
+    overrides = {k: s["launcher"][k] for k in MACHINE_KEYS if s["launcher"].get(k) not in (None, {})}
     return get_machine(s["machine"]).with_overrides(**overrides)

@@ -35,7 +35,7 @@ import orjson
 from .spool import states as S
 from .apps import AppRegistry
 from .spool import fsio
-from .spool.events import apply_event, event_logs, merged_offsets
+from .spool.events import apply_event, event_logs, merge_state, save_merge_state
 from .spool.ids import new_id, valid_id
 from .spool.layout import Layout
 from .spool.lease import DEAD, EXITED, LeaseJudge, read_lease
@@ -74,9 +74,8 @@ class Site:
         self.apps = AppRegistry(layout.apps)
         self.limbo = layout.site_dir / "limbo"
         self.judge = LeaseJudge(settings.get("lease_stale_sec", 60.0))
-        self.offsets: dict[str, int] = merged_offsets(layout)
+        self.offsets, self.unsettled = merge_state(layout)
         self.children: dict[str, set[str]] = {}
-        self.unsettled: dict[str, list[dict]] = {}  # job -> verdict events, rename not seen yet
         self.events = fsio.AppendLog(layout.site_dir / "events.jsonl")
         self.machine = machine
         self.batch = None                        # BatchManager, attached by the runner
@@ -85,7 +84,7 @@ class Site:
     # ---- start-up -------------------------------------------------------------------------
     def recover(self) -> None:
         """Finish what a crash left half-done; rebuild in-memory indexes from disk."""
-        for job_id in self.store.finish_limbo(self.limbo):
+        for job_id in self.store.finish_limbo(self.limbo, self.layout.site_dir / "events.jsonl"):
             log.info("recovered half-done move of job %s", job_id)
         self.children.clear()
         waiting = []
@@ -212,8 +211,9 @@ class Site:
         """Merge new launcher events into done/ and failed/ records; release children."""
         batch = fsio.Batch(self.layout.jobs)
         settled: list[tuple[str, str]] = []
+        before = len(self.unsettled)
         merged = self._merge_unsettled(batch, settled)
-        changed = False
+        changed = len(self.unsettled) != before
         for launcher, path in event_logs(self.layout).items():
             start = self.offsets.get(launcher, 0)
             events, end = fsio.read_lines_from(path, start)
@@ -230,7 +230,7 @@ class Site:
             changed = True
         batch.commit()
         if changed:
-            fsio.write_json_atomic(self.layout.site_dir / "merged.json", self.offsets)
+            save_merge_state(self.layout, self.offsets, self.unsettled)
         for job_id, where in settled:
             (self._release_children if where == "done" else self._fail_children)(job_id)
         return merged
@@ -323,10 +323,13 @@ class Site:
     def revoke_launcher(self, launcher: str, why: str) -> int:
         """Take back every job of a dead (or exited) launcher, then retire its directory."""
         ldir = self.layout.launcher_dir(launcher)
-        self.store.finish_limbo(ldir / "limbo")
+        self.store.finish_limbo(ldir / "limbo", ldir / "events.jsonl")
         rdir = self.layout.running / launcher
+        names = fsio.list_names(rdir)
+        if names:
+            self._kill_orphans(ldir / "events.jsonl", {n[:-5] for n in names})
         n = 0
-        for name in fsio.list_names(rdir):
+        for name in names:
             src = rdir / name
             try:
                 rec = fsio.read_json(src)
@@ -344,9 +347,40 @@ class Site:
         fsio.rename(ldir, retired / launcher)
         self.judge.forget(launcher)
         self.offsets.pop(launcher, None)
+        save_merge_state(self.layout, self.offsets, self.unsettled)
         self.events.append({"t": time.time(), "launcher": launcher, "retired": why, "revoked": n})
         log.info("launcher %s %s: %d job(s) revoked", launcher, why, n)
         return n
+
+    def _kill_orphans(self, events_log: Path, job_ids: set[str]) -> None:
+        """Kill what is left of a dead launcher's jobs on this host before they run again.
+
+        # race: kill -9 of a launcher does not kill the jobs it started (each runs in its own
+        # session).  Revoking one while it still runs would let the next attempt run beside
+        # it.  The launcher logs each job's pid and the kernel's start time of that pid when
+        # it starts it, so the site can kill exactly that process group, and only on its own
+        # host.  On other hosts the revoke waits for the scheduler's word that the
+        # allocation ended, and the scheduler has killed everything in it.
+        """
+        import signal as _signal
+        from .spool.lease import pid_alive
+        events, _ = fsio.read_lines_from(events_log, 0)
+        latest = {ev["job"]: ev for ev in events
+                  if ev.get("to") == S.RUNNING and ev.get("job") in job_ids and ev.get("pid")}
+        victims = []
+        for ev in latest.values():
+            if ev.get("host_name", fsio.HOST) == fsio.HOST and pid_alive(ev["pid"], ev.get("pid_start")):
+                try:
+                    os.killpg(ev["pid"], _signal.SIGKILL)
+                    victims.append(ev)
+                except (ProcessLookupError, PermissionError):
+                    pass
+        deadline = time.monotonic() + 5
+        while victims and time.monotonic() < deadline:
+            victims = [v for v in victims if pid_alive(v["pid"], v.get("pid_start"))]
+            time.sleep(0.01)
+        for v in victims:
+            log.warning("job %s: process %s of a dead launcher would not die", v["job"], v["pid"])
 
     def _revoke_job(self, src: Path, rec: dict, launcher: str, why: str) -> int:
         job_id = rec["id"]
@@ -365,6 +399,7 @@ class Site:
         where, state, fields, why_ = after_failure(rec, "timeouts", policy_for(app, rec), msg)
         new = self.emit(rec, S.RUN_TIMEOUT, msg=msg)
         new = self.emit(new, state, msg=why_, **fields)
+        self.events.flush()          # a crash mid-move is finished from these events
         if self.store.move_rewrite(src, self.layout.job_path(where, job_id), new, self.limbo):
             self.store.drop_token(job_id)
             log.info("revoked job %s from launcher %s -> %s", job_id, launcher, state)

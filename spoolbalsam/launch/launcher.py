@@ -264,7 +264,11 @@ class Launcher:
                     break
             names = self.store.ready_names(self.buckets.pop())
             scanned += 1
-            self.cands.extend(p for p in names if p.name not in self.skip)
+            # race: a job that waits for resources stays a candidate while buckets are
+            # listed again; it must appear once, or choose() would place it twice.
+            have = set(self.cands)
+            self.cands.extend(p for p in names if p.name not in self.skip and p not in have
+                              and p.name[:-5] not in self.running)
             if not self.buckets:
                 break                  # a full round: let the loop run before another
         if not self.cands:
@@ -336,6 +340,8 @@ class Launcher:
                 self.pool.release(placement)
                 continue
             self._start(claimed, placement)
+        if placed:
+            self.events.flush(durable=False)   # the pids of new jobs, for the site's revoke
         self.cands = [p for p, _ in batch if p not in placed] + keep
 
     def _affinity(self, rec: dict, placement) -> dict:
@@ -361,6 +367,10 @@ class Launcher:
         return None
 
     def _start(self, path: Path, placement) -> None:
+        job_id = path.name[:-5]
+        if job_id in self.running:            # never two processes for one job
+            self.pool.release(placement)
+            return
         try:
             rec = fsio.read_json(path)   # the claimed content is the authority
         except (FileNotFoundError, ValueError):
@@ -368,28 +378,30 @@ class Launcher:
             return
         app = self.apps.get(rec["app"])
         if app is None:
-            rec = self.emit(rec, S.FAILED, msg=f"app {rec['app']} is missing or broken",
-                            error=self.apps.errors.get(rec["app"], f"apps/{rec['app']}.yml missing"))
-            self.events.flush()
-            self.store.move_rewrite(path, self.layout.job_path("failed", rec["id"]), rec, self.limbo)
-            self.pool.release(placement)
-            return
+            why = self.apps.errors.get(rec["app"], f"apps/{rec['app']}.yml is missing")
+            return self._fail_start(path, rec, placement, f"app {rec['app']} unusable: {why}")
         workdir = self.layout.workdir(rec["workdir"])
-        rec = self.emit(rec, S.RUNNING, host=placement.hosts[0], placement=placement.to_json(),
-                        affinity=self._affinity(rec, placement), started_at=time.time())
         try:
             run = runner.start(rec, app, placement, site_root=self.layout.root, workdir=workdir,
                                machine=self.machine, mode=self.mode, path=path)
-        except OSError as e:
-            msg = f"could not start: {e}"
-            rec = self.emit(rec, S.FAILED, msg=msg, error=msg)
-            self.events.flush()
-            self.store.move_rewrite(path, self.layout.job_path("failed", rec["id"]), rec, self.limbo)
-            self.pool.release(placement)
-            return
+        except Exception as e:  # noqa: BLE001 - a job that cannot start fails; the launcher goes on
+            return self._fail_start(path, rec, placement, f"could not start: {type(e).__name__}: {e}")
+        run.record = self.emit(rec, S.RUNNING, host=placement.hosts[0],
+                               placement=placement.to_json(), pid=run.proc.pid,
+                               host_name=fsio.HOST,
+                               pid_start=proc_start(run.proc.pid),
+                               affinity=self._affinity(rec, placement), started_at=run.started_at)
         self.launches += 1
         self.mpiexecs += run.used_mpi
         self.running[rec["id"]] = run
+
+    def _fail_start(self, path: Path, rec: dict, placement, msg: str) -> None:
+        log.warning("job %s: %s", rec["id"], msg)
+        rec = self.emit(rec, S.FAILED, msg=msg, error=msg)
+        self.events.flush()
+        if self.store.move_rewrite(path, self.layout.job_path("failed", rec["id"]), rec, self.limbo):
+            self.store.drop_token(rec["id"])
+        self.pool.release(placement)
 
 
 def _cleanup(workdir: Path, globs) -> None:

@@ -49,17 +49,28 @@ def event_logs(layout: Layout) -> dict[str, Path]:
             for name in fsio.list_dirs(layout.launchers)}
 
 
-def merged_offsets(layout: Layout) -> dict[str, int]:
+def merge_state(layout: Layout) -> tuple[dict[str, int], dict[str, list[dict]]]:
+    """The site's merge progress: (offset per launcher log, pending verdicts per job).
+
+    ``site/merged.json`` = ``{"offsets": {L: bytes}, "pending": {ID: [events]}}``.  A verdict
+    the site read before its launcher's rename made it visible stays in ``pending`` until
+    the site has merged it, so neither a site restart nor a reader can lose it.
+    """
     try:
-        return fsio.read_json(layout.site_dir / "merged.json")
+        state = fsio.read_json(layout.site_dir / "merged.json")
     except FileNotFoundError:
-        return {}
+        return {}, {}
+    return dict(state.get("offsets", {})), dict(state.get("pending", {}))
+
+
+def save_merge_state(layout: Layout, offsets: dict, pending: dict) -> None:
+    fsio.write_json_atomic(layout.site_dir / "merged.json", {"offsets": offsets, "pending": pending})
 
 
 def unmerged_events(layout: Layout) -> dict[str, list[dict]]:
     """Events the site has not merged yet, by job id, in log order."""
-    offsets = merged_offsets(layout)
-    by_job: dict[str, list[dict]] = {}
+    offsets, pending = merge_state(layout)
+    by_job: dict[str, list[dict]] = {k: list(v) for k, v in pending.items()}
     for launcher, path in event_logs(layout).items():
         events, _ = fsio.read_lines_from(path, offsets.get(launcher, 0))
         for ev in events:

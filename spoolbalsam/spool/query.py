@@ -81,21 +81,31 @@ def select(layout: Layout, flt: Filter | None = None) -> Iterator[dict]:
     store = Store(layout)
     pending = unmerged_events(layout)
     if flt.ids is not None:
+        limbo = store.limbo_index()
         for job_id in sorted(flt.ids):
-            loc = store.locate(job_id)
+            loc = store.locate(job_id, limbo)
             if loc and loc[0] in flt.dirs:
                 rec = read_record(loc[1], loc[0], pending)
                 if rec and flt.matches(rec):
                     yield rec
         return
+    # race: a job being moved with a rewrite sits in its mover's limbo for a moment (or,
+    # after a crash, until the mover's recovery); readers show it where it is going.
+    limbo = {k: v for k, v in store.limbo_index().items() if v[0] in flt.dirs}
     for d in flt.dirs:
         if d == "rejected":
             yield from rejected(layout)
             continue
         for _, path in store.iter_dir(d):
             rec = read_record(path, d, pending)
-            if rec is not None and flt.matches(rec):
-                yield rec
+            if rec is not None:
+                limbo.pop(rec["id"], None)
+                if flt.matches(rec):
+                    yield rec
+    for job_id, (d, path) in sorted(limbo.items()):
+        rec = read_record(path, d, pending)
+        if rec is not None and flt.matches(rec):
+            yield rec
 
 
 def rejected(layout: Layout) -> Iterator[dict]:

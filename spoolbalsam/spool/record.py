@@ -65,6 +65,8 @@ def _str_map(v):
     for k, val in v.items():
         if isinstance(val, (dict, list)) or val is None:
             raise ValueError(f"value of {k!r} must be a string or number, got {val!r}")
+        if _has_nul(k) or _has_nul(val):
+            raise ValueError(f"{k!r} contains a NUL byte")
         out[str(k)] = val if isinstance(val, str) else _scalar_str(val)
     return out
 
@@ -78,10 +80,22 @@ def _scalar_str(v) -> str:
 def _params(v):
     if not isinstance(v, dict):
         raise ValueError(f"must be an object, got {type(v).__name__}")
-    for k in v:
+    for k, val in v.items():
         if not isinstance(k, str) or not k.isidentifier():
             raise ValueError(f"parameter name {k!r} is not an identifier")
+        if _has_nul(val):
+            raise ValueError(f"value of {k!r} contains a NUL byte, which no command can carry")
     return dict(v)
+
+
+def _has_nul(v) -> bool:
+    if isinstance(v, str):
+        return "\0" in v
+    if isinstance(v, dict):
+        return any(_has_nul(k) or _has_nul(x) for k, x in v.items())
+    if isinstance(v, list):
+        return any(_has_nul(x) for x in v)
+    return False
 
 
 def _parents(v):

@@ -52,8 +52,9 @@ class Store:
     def locate(self, job_id: str, limbo: dict | None = None) -> tuple[str, Path] | None:
         """(directory, path) of the job's record, or None.  O(states + launchers).
 
-        A job held in a limbo (mid-move, or left there by a crash) still exists: pass
-        ``limbo_index()`` to find it; its directory is the one it is moving to.
+        A job held in a limbo (mid-move, or left there by a crash) still exists, in the
+        directory it is moving to.  Bulk callers pass one ``limbo_index()`` for many lookups;
+        otherwise the limbos are listed only when the job is found nowhere else.
         """
         lay = self.layout
         for state in SHARDED_DIRS:
@@ -67,9 +68,9 @@ class Store:
         p = lay.created / f"{job_id}.json"
         if p.exists():
             return "created", p
-        if limbo is not None and job_id in limbo:
-            return limbo[job_id]
-        return None
+        if limbo is None:
+            limbo = self.limbo_index()
+        return limbo.get(job_id)
 
     def limbo_index(self) -> dict[str, tuple[str, Path]]:
         """Every job held in a limbo (the site's and each launcher's): id -> (dest, path)."""
@@ -84,6 +85,10 @@ class Store:
 
     def exists(self, job_id: str) -> bool:
         return self.locate(job_id) is not None
+
+    def visible(self, job_id: str) -> bool:
+        """True if the job has a visible name (limbos not counted)."""
+        return self.locate(job_id, {}) is not None
 
     def iter_dir(self, state: str) -> Iterator[tuple[str, Path]]:
         """(state, path) of every visible record in a state directory (names only, no stat)."""
@@ -145,17 +150,36 @@ class Store:
             return self.layout.job_path("running", job_id, key.split(".", 1)[1])
         return self.layout.job_path(key, job_id)
 
-    def finish_limbo(self, limbo: Path) -> list[str]:
-        """Complete the half-done moves in one limbo after a crash; returns the job ids."""
+    def finish_limbo(self, limbo: Path, events_log: Path | None = None) -> list[str]:
+        """Complete the half-done moves in one limbo after a crash; returns the job ids.
+
+        A limbo file holds the record as it was *before* its rewrite.  Every rewrite is
+        described by events its mover synced to its own log before the move, so the record
+        published now is the held one with those events applied: a revoke still reaches
+        ready/ with attempt + 1 and its RUN_TIMEOUT.
+        """
+        from .events import apply_event
+        names = fsio.list_names(limbo)
+        if not names:
+            return []
+        by_job: dict[str, list[dict]] = {}
+        if events_log is not None:
+            events, _ = fsio.read_lines_from(events_log, 0)
+            for ev in events:
+                if "to" in ev and "job" in ev:
+                    by_job.setdefault(ev["job"], []).append(ev)
         done = []
-        for name in fsio.list_names(limbo):
+        for name in names:
             job_id, _, key = name[: -len(".json")].partition(LIMBO_SEP)
             held = limbo / name
-            if not self.exists(job_id):
+            if not self.visible(job_id):
                 try:
-                    fsio.write_atomic(self.dest_path(key or "ready", job_id), fsio.read_bytes(held))
-                except FileNotFoundError:
+                    rec = fsio.read_json(held)
+                except (FileNotFoundError, ValueError):
                     continue
+                for ev in by_job.get(job_id, ()):
+                    rec = apply_event(rec, ev)
+                fsio.write_json_atomic(self.dest_path(key or "ready", job_id), rec)
             fsio.unlink_quiet(held)
             done.append(job_id)
         return done
