@@ -12,7 +12,8 @@ import time
 import pytest
 
 from helpers import (drop, edit_settings, ids_in, job, launcher_ids, locate, pid_alive, record,
-                     records, site_obj, site_pids, spool, start_launcher, wait_for, write_app)
+                     records, site_obj, site_pids, spool, start_launcher, start_site, stop_site,
+                     wait_for, write_app)
 
 
 def launcher_events(site) -> list[dict]:
@@ -255,3 +256,68 @@ def test_a_job_waiting_for_room_is_started_exactly_once(site):
     [lid] = launcher_ids(site)
     lease = json.loads((site / "launchers" / lid / "lease.json").read_text())
     assert lease["launches"] == lease["finished"] == 2
+
+
+def test_walltime_end_stops_running_jobs_for_the_next_allocation(site):
+    edit_settings(site, {"launcher": {"walltime_margin_min": 0, "sigterm_grace_sec": 1}})
+    write_app(site, "Stubborn", {"command_template": "trap '' TERM; sleep 30"})
+    drop(site, "wt.json", job("Sleep", "wt/plain", parameters={"secs": "30"},
+                              node_packing_count=4))
+    drop(site, "st.json", job("Stubborn", "wt/stubborn", node_packing_count=4))
+    drop(site, "once.json", job("Sleep", "wt/once", parameters={"secs": "30"},
+                                node_packing_count=4, retry={"timeouts": 0}))
+    site_obj(site).intake()
+    proc = start_launcher(site, wall_min=0.05, idle_ttl=30)          # 3 seconds
+    wait_for(lambda: len(ids_in(site, "running")) == 3, 20, "three jobs running")
+    wait_for(lambda: proc.poll() is not None, 20, "launcher exit at its walltime")
+    assert ids_in(site, "running") == []
+    for j in ("wt", "st"):                # the stubborn one ignores SIGTERM: SIGKILL after 1 s
+        rec = record(site, j)
+        assert locate(site, j) == "ready" and rec["attempt"] == 2
+        assert rec["state"] == "RESTART_READY" and rec["retries"]["timeouts"] == 1
+    assert locate(site, "once") == "failed"
+    assert "timeouts: 0 allowed" in record(site, "once")["error"]
+    assert not [p for p in site_pids(site) if pid_alive(p)], "a job process survived"
+
+
+def test_a_stopped_launcher_with_a_stale_lease_keeps_its_jobs(running_site):
+    """A stale lease without proof of death (process alive) makes a launcher only suspect:
+    the site must not revoke, or the job would run twice."""
+    site = running_site
+    stop_site(site)
+    edit_settings(site, {"lease_stale_sec": 0.5, "lease_interval_sec": 0.2})
+    start_site(site)
+    drop(site, "slow.json", job("Sleep", "stale/slow", parameters={"secs": "1"}))
+    wait_for(lambda: locate(site, "slow") == "ready", 20, "ready")
+    proc = start_launcher(site, idle_ttl=1)
+    wait_for(lambda: ids_in(site, "running") == ["slow"], 20, "running")
+    os.kill(proc.pid, signal.SIGSTOP)
+    try:
+        [lid] = launcher_ids(site)
+        seq = json.loads((site / "launchers" / lid / "lease.json").read_text())["seq"]
+        deadline = time.monotonic() + 2.5           # five stale periods
+        while time.monotonic() < deadline:
+            assert ids_in(site, "running") == ["slow"], "revoked a live (stopped) launcher"
+            time.sleep(0.05)
+        assert json.loads((site / "launchers" / lid / "lease.json").read_text())["seq"] == seq
+    finally:
+        os.kill(proc.pid, signal.SIGCONT)
+    wait_for(lambda: locate(site, "slow") == "done", 20, "done after SIGCONT")
+    wait_for(lambda: record(site, "slow").get("return_code") == 0, 20, "merged")
+    assert record(site, "slow")["attempt"] == 1
+
+
+def test_two_launchers_share_the_work_and_run_each_job_once(running_site):
+    site = running_site
+    write_app(site, "Nap", {"command_template": "echo nap {{ n }}; sleep 0.1"})
+    for i in range(30):
+        drop(site, f"two{i:02d}.json", job("Nap", f"two/{i:02d}", parameters={"n": str(i)},
+                                           node_packing_count=4))
+    wait_for(lambda: len(ids_in(site, "ready")) == 30, 20, "ready")
+    a, b = start_launcher(site, idle_ttl=1), start_launcher(site, idle_ttl=1)
+    wait_for(lambda: a.poll() is not None and b.poll() is not None, 60, "both launchers exit")
+    assert len(ids_in(site, "done")) == 30
+    starts = [e["job"] for e in launcher_events(site) if e.get("to") == "RUNNING"]
+    assert sorted(starts) == sorted(f"two{i:02d}" for i in range(30)), "a job ran twice"
+    by = {e["by"] for e in launcher_events(site) if e.get("to") == "RUNNING"}
+    assert len(by) == 2, "one launcher did all the work"
