@@ -12,7 +12,7 @@ import pytest
 from spoolbalsam.spool import fsio
 from spoolbalsam.spool.ids import shard
 
-from helpers import (counts, drop, ids_in, job, kill9, launcher_ids, locate, pid_alive, record,
+from helpers import (counts, drop, edit_settings, ids_in, job, kill9, launcher_ids, locate, pid_alive, record,
                      records, rejected_entries, site_info, site_obj, spool, start_launcher,
                      start_site, stop_site, wait_for, write_app)
 
@@ -48,8 +48,10 @@ def _kill_launcher_mid_run(site: Path, n: int = 3):
     return ids, first_pids, lid
 
 
-def test_kill9_launcher_jobs_are_revoked_then_finish_elsewhere(running_site):
-    site = running_site
+@pytest.mark.parametrize("claim_mode", ["rename", "token"])
+def test_kill9_launcher_jobs_are_revoked_then_finish_elsewhere(site, claim_mode):
+    edit_settings(site, {"claim_mode": claim_mode})
+    start_site(site)
     ids, _, lid = _kill_launcher_mid_run(site)
     wait_for(lambda: sorted(ids_in(site, "ready")) == ids, 20, "jobs revoked back to ready/")
     assert ids_in(site, "running") == []
@@ -66,6 +68,9 @@ def test_kill9_launcher_jobs_are_revoked_then_finish_elsewhere(running_site):
         assert [(w, a) for w, a, _ in attempts(site, f"mark/{j}")
                 if a == 2] == [("start", 2), ("end", 2)]
     assert counts(site)["done"] == len(ids) and counts(site)["ready"] == 0
+    if claim_mode == "token":
+        assert not [p for p in (site / "jobs" / "claims").rglob("*") if p.is_file()]
+    stop_site(site)
 
 
 @pytest.mark.xfail(strict=True, reason=(
