@@ -6,15 +6,35 @@ a Balsam script changes.  Each class keeps Balsam's methods and errors (``DoesNo
 ``site_name`` given, ``$SPOOL_SITE``, the current directory, the registry of known sites —
 see ``api.site``).  Everything reads and writes the site directory through the spool's own
 primitives: no server, no database.
+
+Names are imported on first use, so a Python app's child process (which imports only
+``ApplicationDefinition``) does not pay for the job, query and batch modules.
 """
-from ..submit import SubmitError
-from .app import AppDefinitionError, ApplicationDefinition
-from .batch import BatchJob
-from .events import EventLog
-from .job import Job, JobBusy, JobFailed
-from .site import Site
+from __future__ import annotations
 
-ValidationError = SubmitError
+import importlib
 
-__all__ = ["ApplicationDefinition", "AppDefinitionError", "BatchJob", "EventLog", "Job",
-           "JobBusy", "JobFailed", "Site", "SubmitError", "ValidationError"]
+_WHERE = {
+    "ApplicationDefinition": ".app", "AppDefinitionError": ".app",
+    "BatchJob": ".batch", "BatchJobWarning": ".batch",
+    "EventLog": ".events",
+    "Job": ".job", "JobBusy": ".job", "JobFailed": ".job",
+    "Site": ".site",
+    "SubmitError": "..submit",
+}
+__all__ = sorted(_WHERE) + ["ValidationError"]
+
+
+def __getattr__(name: str):
+    if name == "ValidationError":
+        name = "SubmitError"
+    where = _WHERE.get(name)
+    if where is None:
+        raise AttributeError(f"module 'spoolbalsam.api' has no attribute {name!r}")
+    value = getattr(importlib.import_module(where, __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return __all__

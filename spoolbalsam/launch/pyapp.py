@@ -299,9 +299,15 @@ def _read_job(site_root: Path, ref: str) -> dict:
     return fsio.read_json(loc[1])
 
 
+RANK_VARS = ("PMI_RANK", "PALS_RANKID", "SLURM_PROCID", "OMPI_COMM_WORLD_RANK")
+
+
 def _rank() -> int | None:
-    from .entry import my_rank
-    return my_rank()
+    """This process's MPI rank, if started by an MPI launcher (as ``launch.entry`` reads it)."""
+    for var in RANK_VARS:
+        if os.environ.get(var, "").isdigit():
+            return int(os.environ[var])
+    return None
 
 
 def _exception_text(e: BaseException) -> str:
