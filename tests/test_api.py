@@ -50,9 +50,10 @@ def child_env(registry_file: Path) -> dict:
     return env
 
 
-def init_site(root: Path, name: str) -> Layout:
+def init_site(root: Path, name: str, env: dict | None = None) -> Layout:
     subprocess.run([*SPOOL, "site", "init", str(root), "-n", name, "--machine", "local",
-                    "--gpus", "12", "--cpus", "12"], check=True, stdout=subprocess.DEVNULL)
+                    "--gpus", "12", "--cpus", "12"], check=True, stdout=subprocess.DEVNULL,
+                   stderr=subprocess.DEVNULL, env=env)
     return Layout(root)
 
 
@@ -62,7 +63,7 @@ class GuideSite:
         self.base = base
         self.registry = base / "sites.json"
         self.env = child_env(self.registry)
-        self.layout = init_site(base / "sites" / "test_aurora", "test_aurora")
+        self.layout = init_site(base / "sites" / "test_aurora", "test_aurora", self.env)
         os.environ["SPOOL_REGISTRY"] = str(self.registry)
         registry.register("test_aurora", self.layout.root)
         self.elsewhere = base / "elsewhere"
@@ -230,6 +231,7 @@ def test_site_is_found_by_cwd_env_registry_or_path(local, tmp_path, monkeypatch)
     assert api_site.resolve().root == local.root
     assert api_site.resolve("mysite").root == local.root
     monkeypatch.chdir(tmp_path)
+    registry.unregister("mysite")                # in case `spool site init` recorded it
     with pytest.raises(Site.DoesNotExist, match="no site named 'mysite'.*spool site init"):
         api_site.resolve("mysite")
     monkeypatch.setenv("SPOOL_SITE", str(local.root))

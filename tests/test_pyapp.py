@@ -79,8 +79,9 @@ APPS = (Adder, Raiser, Opaque, Exits, Meddler, Preambled, Hooked)
 @pytest.fixture(scope="module")
 def site(tmp_path_factory):
     root = tmp_path_factory.mktemp("pyapp") / "site"
+    env = {**os.environ, "SPOOL_REGISTRY": str(root.parent / "sites.json")}
     subprocess.run([sys.executable, "-m", "spoolbalsam.cli", "site", "init", str(root),
-                    "--machine", "local"], check=True, stdout=subprocess.DEVNULL)
+                    "--machine", "local"], check=True, stdout=subprocess.DEVNULL, env=env)
     for cls in APPS:
         cls.site = str(root)
         cls.sync()
