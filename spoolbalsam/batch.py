@@ -29,6 +29,7 @@ from .spool.layout import Layout
 
 log = logging.getLogger("spoolbalsam.batch")
 ACTIVE = ("pending_submission", "queued", "running", "pending_deletion")
+UNKNOWN_LIMIT = 3
 FINAL = ("finished", "submit_failed")
 
 
@@ -133,6 +134,7 @@ class BatchManager:
         self.ended: set[str] = set()
         self.next_elastic = 0.0
         self.seen: set[str] = set()
+        self.unknowns: dict[str, int] = {}      # batch id -> consecutive "unknown" answers
 
     @property
     def backend(self):
@@ -162,7 +164,7 @@ class BatchManager:
         records = load_all(self.layout)
         for rec in records:
             if rec["state"] == "pending_submission" and now >= self.failed_until:
-                self.submit(rec, [r for r in records if r is not rec])
+                self.submit(rec, [r for r in records if r is not rec], now)
         active = [r for r in records if r["state"] in ("queued", "running", "pending_deletion")
                   and r.get("scheduler_id")]
         for rec in records:
@@ -208,7 +210,18 @@ class BatchManager:
             self.next_sync = 0.0
 
     def update(self, rec: dict, st) -> None:
+        """Follow the scheduler's word.  "finished" ends the batch job at once; "unknown" (or
+        no answer about it) only after ``UNKNOWN_LIMIT`` consecutive polls, or sooner if the
+        script recorded its exit code: a passing glitch must not revoke live launchers."""
         bid = rec["id"]
+        if st is None or st.state == "unknown":
+            n = self.unknowns.get(bid, 0) + 1
+            self.unknowns[bid] = n
+            ec = Path(rec.get("submit_script") or "").with_suffix(".ec")
+            if n < UNKNOWN_LIMIT and not (rec.get("submit_script") and ec.exists()):
+                return
+        else:
+            self.unknowns.pop(bid, None)
         if st is None or st.state in ("finished", "unknown"):
             rec["state"] = "finished"
             rec["end_time"] = rec.get("end_time") or time.time()
@@ -230,7 +243,7 @@ class BatchManager:
         rec["errors"] = (rec.get("errors") or []) + [{"t": time.time(), "error": msg}]
         self._save(rec["id"], rec)
 
-    def submit(self, rec: dict, others: list[dict]) -> None:
+    def submit(self, rec: dict, others: list[dict], now: float | None = None) -> None:
         bid = rec["id"]
         try:
             validate_request(rec, self.settings, self.machine, str(self.layout.settings), others)
@@ -243,8 +256,9 @@ class BatchManager:
         except Exception as e:
             rec["state"] = "submit_failed"
             rec["errors"] = (rec.get("errors") or []) + [{"t": time.time(), "error": str(e)}]
-            self.failed_until = time.monotonic() + self.backoff if not isinstance(
-                e, ValueError) else 0.0
+            # Back off after any refusal, the scheduler's or our own validation's: a broken
+            # queue or project must not turn into a request per period.
+            self.failed_until = (time.monotonic() if now is None else now) + self.backoff
             self._save(bid, rec)
             log.warning("batch job %s: submit failed: %s", bid, e)
             return
@@ -269,7 +283,7 @@ class BatchManager:
             queue=rec.get("queue") or None, num_nodes=rec["num_nodes"],
             wall_time_min=int(rec["wall_time_min"]), job_mode=rec["job_mode"],
             site_path=str(self.layout.root), launcher_cmd=shlex.join(argv),
-            optional_params=params,
+            optional_params=params, script_path=str(path),
             python_env_activate=_activate_line())
         return write_job_script(path, text)
 

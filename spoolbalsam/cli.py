@@ -100,6 +100,11 @@ def site_init(path, name, machine, gpu_ids, gpus, cpus, projects):
     settings_mod.validate(__import__("yaml").safe_load(text), "settings.yml")
     fsio.write_atomic(layout.settings, text.encode())
     fsio.write_atomic(root / MARKER, f"{name}\n".encode())
+    from .registry import register
+    try:
+        register(name, root)          # so the Python API finds the site by its name
+    except OSError as e:
+        click.echo(f"spool: note: could not record site {name} in the site registry: {e}", err=True)
     click.echo(f"Created site {name} ({machine}) at {root}")
     click.echo(f"Next: cd {path}; add apps/NAME.yml; spool site start")
 

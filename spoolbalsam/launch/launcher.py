@@ -48,6 +48,9 @@ from .resources import NodeSpec, Request
 
 log = logging.getLogger("spoolbalsam.launcher")
 IDLE_SCAN_SEC = 0.1          # rescan an empty ready/ this often
+# Exit statuses of a job ended by SIGTERM/SIGKILL (directly, or as a shell's 128+N).
+KILLED = {-signal.SIGTERM: "SIGTERM", -signal.SIGKILL: "SIGKILL",
+          128 + signal.SIGTERM: "SIGTERM", 128 + signal.SIGKILL: "SIGKILL"}
 MAX_SCAN_BUCKETS = 16        # buckets read per fill before giving the loop back
 
 
@@ -220,6 +223,13 @@ class Launcher:
             return lambda: self._finish(run, "done", None, cleanup)
         if run.timed_out:
             msg = f"stopped by the launcher ({self.draining})"
+            rec = self.emit(rec, S.RUN_TIMEOUT, msg=msg, **details)
+            kind = "timeouts"
+        elif rc in KILLED:
+            # race: when an allocation ends, the scheduler signals the jobs and the launcher
+            # at once; a job reaped before our own SIGTERM handler ran was killed from
+            # outside, like a timeout, and must not spend the job's error retries.
+            msg = f"killed by signal {KILLED[rc]} from outside the launcher"
             rec = self.emit(rec, S.RUN_TIMEOUT, msg=msg, **details)
             kind = "timeouts"
         else:
