@@ -6,6 +6,7 @@ in-process against a site whose process is ``spoolbalsam.site.Site.tick()``.
 """
 from __future__ import annotations
 
+import datetime as _dt
 import json
 import os
 import re
@@ -392,6 +393,13 @@ def test_queries_are_lazy_chainable_and_ordered(local):
     assert Job.objects.filter(tags=["even:True"]).filter(tags={"even": "False"}).count() == 0
     assert Job.objects.filter(state=["CREATED", "READY"]).count() == 7
     assert Job.objects.order_by("workdir").first().workdir == "w/0"
+    assert Job.objects.filter(parameters={"word": "w3"}).get().workdir == "w/3"
+    assert Job.objects.filter(parameters=["word:w3", "word:w4"]).count() == 0
+    local.tick()
+    stamps = sorted(j.state_timestamp for j in Job.objects.all())      # datetimes (UTC)
+    assert Job.objects.filter(last_update_after=stamps[0] - _dt.timedelta(minutes=1)).count() == 7
+    assert Job.objects.filter(last_update_before=stamps[0] - _dt.timedelta(minutes=1)).count() == 0
+    assert Job.objects.filter(batch_job_id="1").count() == 0
     with pytest.raises(TypeError, match="unknown job filter 'colour'"):
         Job.objects.filter(colour="red")
     with pytest.raises(ValueError, match="unknown state"):

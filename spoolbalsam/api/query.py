@@ -67,16 +67,22 @@ def _job_id(v) -> str:
     return v.id if hasattr(v, "id") and not isinstance(v, str) else str(v)
 
 
+class _Conflict(dict):
+    """A ``K:V`` list naming one key with two values: nothing can match it."""
+
+
 def _kv(v, what: str) -> dict[str, str]:
     """A dict from a dict or Balsam's ``["K:V", ...]`` (``K=V`` also accepted)."""
     if isinstance(v, dict):
         return {str(k): val if isinstance(val, str) else str(val) for k, val in v.items()}
-    out = {}
+    out: dict[str, str] = {}
     for item in _as_list(v):
         sep = ":" if ":" in str(item) else "="
         k, found, val = str(item).partition(sep)
         if not found or not k:
             raise ValueError(f"{what} filter {item!r} must be a dict or 'KEY:VALUE'")
+        if k in out and out[k] != val:
+            out = _Conflict(out)
         out[k] = val
     return out
 
@@ -134,8 +140,10 @@ class Conditions:
                 self.not_states |= fine_states(v)
             elif key == "tags":
                 self.tags = _kv(v, "tags")
+                self.impossible |= isinstance(self.tags, _Conflict)
             elif key == "parameters":
                 self.params = _kv(v, "parameters")
+                self.impossible |= isinstance(self.params, _Conflict)
             elif key in ("app_id", "app_name", "app"):
                 self.app = _app_name(v)
             elif key == "id":
