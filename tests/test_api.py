@@ -516,3 +516,31 @@ def test_a_crashed_api_process_loses_no_job(local):
     other.save()                                 # first rewrite of this process: recovery
     assert Job.objects.get(id=job.id).state == "READY"
     assert not dead.exists()
+
+
+NOTEBOOK = '''
+import linecache, sys
+cell = """
+from spoolbalsam.api import ApplicationDefinition
+FACTOR = 7
+class InNotebook(ApplicationDefinition):
+    site = "mysite"
+    def run(self, x):
+        return x * FACTOR
+InNotebook.sync()
+"""
+name = "/tmp/ipykernel_0/cell-1.py"            # how Jupyter names a cell's code
+linecache.cache[name] = (len(cell), None, cell.splitlines(True), name)
+main = sys.modules["__main__"]
+del main.__file__                               # a kernel's __main__ has no file
+exec(compile(cell, name, "exec"), main.__dict__)
+'''
+
+
+def test_a_class_defined_in_a_notebook_cell_syncs(local):
+    out = subprocess.run([sys.executable, "-c", NOTEBOOK], cwd=local.root, capture_output=True,
+                         text=True, timeout=60, env={**os.environ, "SPOOL_SITE": str(local.root)})
+    assert out.returncode == 0, out.stderr
+    text = (local.apps / "InNotebook.py").read_text()
+    assert "FACTOR = 7" in text and "return x * FACTOR" in text
+    assert ApplicationDefinition.load_by_name("InNotebook")(None).run(6) == 42

@@ -319,8 +319,10 @@ def class_source(cls) -> str:
     try:
         src = textwrap.dedent(inspect.getsource(cls))
     except (OSError, TypeError) as e:
-        raise AppDefinitionError(f"{where}: field 'run': its source cannot be read ({e}); "
-                                 "define the class in a .py file or a notebook cell") from None
+        src = _source_via_methods(cls)
+        if src is None:
+            raise AppDefinitionError(f"{where}: field 'run': its source cannot be read ({e}); "
+                                     "define the class in a .py file") from None
     module = sys.modules.get(cls.__module__)
     env = vars(module) if module else {}
     lines = [f"# apps/{name}.py: written by {name}.sync() from {_origin(cls)}.",
@@ -341,6 +343,30 @@ def class_source(cls) -> str:
         raise AppDefinitionError(f"{where}: field 'run': the written source does not compile "
                                  f"({e})") from None
     return text
+
+
+def _source_via_methods(cls) -> str | None:
+    """The class's source found through one of its methods' code (Jupyter on Python < 3.13,
+    where ``inspect.getsource`` cannot find classes of ``__main__``)."""
+    import linecache
+    for value in vars(cls).values():
+        code = getattr(value, "__code__", None)
+        if code is None:
+            continue
+        text = "".join(linecache.getlines(code.co_filename))
+        if not text:
+            continue
+        try:
+            tree = ast.parse(text)
+        except SyntaxError:
+            continue
+        for node in ast.walk(tree):
+            if (isinstance(node, ast.ClassDef) and node.name == cls.__name__
+                    and node.lineno <= code.co_firstlineno <= node.end_lineno):
+                start = min([node.lineno] + [d.lineno for d in node.decorator_list])
+                lines = text.splitlines(keepends=True)[start - 1:node.end_lineno]
+                return textwrap.dedent("".join(lines))
+    return None
 
 
 def _free_names(tree: ast.AST) -> list[str]:
