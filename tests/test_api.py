@@ -532,7 +532,7 @@ InNotebook.sync()
 name = "/tmp/ipykernel_0/cell-1.py"            # how Jupyter names a cell's code
 linecache.cache[name] = (len(cell), None, cell.splitlines(True), name)
 main = sys.modules["__main__"]
-del main.__file__                               # a kernel's __main__ has no file
+main.__dict__.pop("__file__", None)            # a kernel's __main__ has no file
 exec(compile(cell, name, "exec"), main.__dict__)
 '''
 
