@@ -319,8 +319,8 @@ def failed_records(site: Path) -> dict[str, dict]:
 # Known launcher race (reported): when an allocation is cancelled, the scheduler SIGTERMs the
 # launcher and the jobs at about the same moment; if the launcher reaps a job killed by the
 # scheduler before its own SIGTERM handler has run, the job ends RUN_ERROR (not RUN_TIMEOUT)
-# and, with the default errors: 0 policy, FAILED.  Deterministic reproduction:
-# test_queue_slurm.py::test_scancel_mid_campaign_...[job-first-then-scancel] (strict xfail).
+# and, with the default errors: 0 policy, FAILED.  Fixed in the launcher (KILLED); the
+# deterministic reproduction is test_queue_slurm.py::test_scancel_mid_campaign_...[job-first-then-scancel].
 SIGNAL_RCS = (-15, -9, 143, 137)
 
 
@@ -335,12 +335,11 @@ def killed_by_scheduler_race(site: Path, ids) -> list[str]:
 
 
 def xfail_on_scheduler_race(site: Path, ids) -> None:
-    import pytest
+    """Fail if a job killed by the scheduler's signal was judged an error (it is a timeout:
+    the launcher classifies a job ended by an outside SIGTERM/SIGKILL as RUN_TIMEOUT)."""
     hit = killed_by_scheduler_race(site, ids)
-    if hit:
-        pytest.xfail(f"known launcher race hit: job(s) {hit} killed by the scheduler's signal "
-                     "were reaped before the launcher's SIGTERM handler ran -> RUN_ERROR -> "
-                     "FAILED (see queue_helpers.killed_by_scheduler_race)")
+    assert not hit, (f"job(s) {hit} killed by the scheduler's signal ended RUN_ERROR -> FAILED "
+                     "instead of RUN_TIMEOUT -> ready/")
 
 
 def wait_until(fn: Callable[[], Any], done: Callable[[Any], bool], timeout: float, what: str,

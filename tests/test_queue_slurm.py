@@ -9,7 +9,7 @@ squeue/scontrol; ``-A`` is still passed and accepted (no accounting, no enforcem
     ``--history`` only, script kept as ``batch/1/qlaunch00001.sh``;
 (b) ``scancel`` in the middle of a campaign (plain; after the launcher and its jobs were
     SIGKILLed, so only the site can give the jobs back; and with the jobs signalled just
-    before the launcher -- a known launcher race, strict xfail): every claimed job comes
+    before the launcher, so the launcher reaps jobs killed from outside): every claimed job comes
     back to ready/ with attempt 2 and a RUN_TIMEOUT, none lost, and a second batch job
     finishes them all;
 (c) ``queue term <scheduler id>`` cancels the Slurm job; it ends ``finished``;
@@ -168,13 +168,11 @@ def test_campaign_queue_submit_runs_every_job_and_ends_in_history(make_site):
 
 # ----------------------------------------------------------------------------- (b)
 
-RACE = ("launcher race: a job the scheduler killed before the launcher's own SIGTERM "
-        "handler ran ends RUN_ERROR -> FAILED instead of RUN_TIMEOUT -> ready/")
 
 
 @pytest.mark.parametrize("how", [
     "scancel", "kill-then-scancel",
-    pytest.param("job-first-then-scancel", marks=pytest.mark.xfail(strict=True, reason=RACE))])
+    "job-first-then-scancel"])
 def test_scancel_mid_campaign_loses_nothing_and_a_second_allocation_finishes(make_site, how):
     """6 jobs that sleep 30 s on attempt 1, 4 at a time; the allocation is cancelled while 4
     run.

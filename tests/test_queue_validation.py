@@ -222,9 +222,6 @@ def test_submit_failure_is_kept_and_the_site_backs_off(slurm_site):
     assert state(slurm_site, b1)["state"] == "submit_failed"
 
 
-@pytest.mark.xfail(strict=True, reason="BatchManager.submit sets failed_until from "
-                   "time.monotonic(), not from the `now` given to tick(): an injected clock "
-                   "does not govern the back-off")
 def test_back_off_follows_the_clock_given_to_tick(slurm_site):
     fake = FakeBackend()
     fake.submit_error = REFUSAL
@@ -350,9 +347,6 @@ def test_scheduler_status_failure_changes_nothing(slurm_site):
     assert not bm.allocation_ended({"batch_job": bid})
 
 
-@pytest.mark.xfail(strict=True, reason="BatchManager.render does not pass script_path to "
-                   "render_job_script: the script writes batch/qlaunchNNNNN.ec (and #SBATCH -o "
-                   "batch/qlaunchNNNNN.out) instead of batch/N/qlaunchNNNNN.ec beside itself")
 def test_rendered_script_records_exit_code_beside_itself(slurm_site):
     """base.py: every template writes the exit code to ``<script-stem>.ec`` beside the script
     (``exit_code_path(script)``), and the output goes to ``<script-stem>.out``."""
@@ -413,10 +407,6 @@ def test_elastic_scheduler_refusal_backs_off(tmp_path):
         recs[0]["errors"][0]["error"]
 
 
-@pytest.mark.xfail(strict=True, reason="a request refused by validation (ValueError) sets no "
-                   "back-off (batch.py BatchManager.submit: failed_until = 0.0 for "
-                   "ValueError), so the elastic queue creates a new doomed request every "
-                   "service period")
 def test_elastic_with_a_project_not_allowed_does_not_flood_batch_dir(tmp_path):
     site = elastic_site(tmp_path, project="notallowed")
     fake = FakeBackend()
