@@ -42,7 +42,7 @@ from ..spool.layout import Layout
 from ..spool.lease import LeaseWriter, proc_start
 from ..spool.policy import after_failure, policy_for
 from ..spool.store import Store
-from . import runner
+from . import pyapp, runner
 from .placement import NodePool, choose
 from .resources import NodeSpec, Request
 
@@ -74,6 +74,7 @@ class Launcher:
         self.grace = lset.get("sigterm_grace_sec", 10.0)
         self.margin = lset.get("walltime_margin_min", 1.0) * 60
         self.tail_lines = lset.get("error_tail_num_lines", 10)
+        self.hook_timeout = 300.0
         self.prefetch = lset.get("prefetch", 64)
         budget = os.environ.get("SPOOL_MPIEXEC_BUDGET")   # a serial worker's share
         self.max_mpiexec = int(budget) if budget else machine.max_mpiexec_per_batch_job
@@ -210,34 +211,67 @@ class Launcher:
         for move in moves:
             move()
 
+    def _hook(self, app, rec: dict, hook: str) -> dict | None:
+        """Run a Python app's hook (in a child process, in the job's workdir), or None.
+
+        Hooks run where Balsam's site would run them, but on the launcher's node, while the
+        job is still in running/L/: ``preprocess`` before the start, ``postprocess`` after
+        rc 0, ``handle_error`` after rc != 0, ``handle_timeout`` after a timeout.  An
+        exception in a hook fails the job with the hook's message; it is never dropped.
+        """
+        if app is None or not app.python_class or not pyapp.has_hook(self.layout.root, app, hook):
+            return None
+        return pyapp.run_hook(self.layout.root, app, rec, hook, timeout=self.hook_timeout)
+
     def _verdict(self, run: runner.Running, rc: int):
         rec = run.record
         details = {"return_code": rc, "ended_at": time.time(), "started_at": run.started_at,
                    "host": run.placement.hosts[0], "placement": run.placement.to_json(),
-                   "affinity": rec.get("affinity") or {}}
+                   "affinity": rec.get("affinity") or {},
+                   **pyapp.result_fields(run.out.parent, rec)}
         app = self.apps.get(rec["app"])
         if rc == 0 and not run.timed_out:
             rec = self.emit(rec, S.RUN_DONE, **details)
-            self.emit(rec, S.JOB_FINISHED)
-            cleanup = app.cleanup_files if app else ()
-            return lambda: self._finish(run, "done", None, cleanup)
-        if run.timed_out:
-            msg = f"stopped by the launcher ({self.draining})"
-            rec = self.emit(rec, S.RUN_TIMEOUT, msg=msg, **details)
-            kind = "timeouts"
-        elif rc in KILLED:
+            hook, kind, msg = "postprocess", None, None
+        elif run.timed_out or rc in KILLED:
             # race: when an allocation ends, the scheduler signals the jobs and the launcher
             # at once; a job reaped before our own SIGTERM handler ran was killed from
             # outside, like a timeout, and must not spend the job's error retries.
-            msg = f"killed by signal {KILLED[rc]} from outside the launcher"
+            msg = (f"stopped by the launcher ({self.draining})" if run.timed_out
+                   else f"killed by signal {KILLED[rc]} from outside the launcher")
             rec = self.emit(rec, S.RUN_TIMEOUT, msg=msg, **details)
-            kind = "timeouts"
+            hook, kind = "handle_timeout", "timeouts"
         else:
             msg = f"exit code {rc}"
             rec = self.emit(rec, S.RUN_ERROR, msg=msg, error=runner.tail(run.out, self.tail_lines),
                             **details)
-            kind = "errors"
-        where, state, fields, why = after_failure(rec, kind, policy_for(app, rec), msg)
+            hook, kind = "handle_error", "errors"
+        res = self._hook(app, rec, hook)
+        if res is not None and (res.get("data") is not None or res.get("state_data")):
+            extra = {"data": res["data"]} if res.get("data") is not None else {}
+            rec = self.emit(rec, S.POSTPROCESSED if kind is None else rec["state"],
+                            msg=res.get("state_data"), **extra)
+        if res is not None and res.get("error"):
+            why = f"{hook} failed: {res['error']}"
+            rec = self.emit(rec, S.FAILED, msg=why, error=why)
+            return lambda: self._finish(run, "failed", rec, ())
+        wanted = (res or {}).get("state")
+        if wanted is None and kind is None:
+            self.emit(rec, S.JOB_FINISHED)
+            cleanup = app.cleanup_files if app else ()
+            return lambda: self._finish(run, "done", None, cleanup)
+        if wanted in (S.JOB_FINISHED, S.POSTPROCESSED):
+            rec = self.emit(rec, S.JOB_FINISHED, msg=f"set by {hook}")
+            return lambda: self._finish(run, "done", rec, ())
+        if wanted == S.FAILED:
+            rec = self.emit(rec, S.FAILED, msg=f"set by {hook}", error=f"set FAILED by {hook}")
+            return lambda: self._finish(run, "failed", rec, ())
+        if wanted == S.RESTART_READY:
+            rec = self.emit(rec, S.RESTART_READY, msg=f"set by {hook}",
+                            attempt=rec.get("attempt", 1) + 1)
+            return lambda: self._finish(run, "ready", rec, ())
+        where, state, fields, why = after_failure(rec, kind or "errors", policy_for(app, rec),
+                                                  msg or f"{hook} asked for {wanted}")
         if state == S.FAILED and kind == "errors":
             fields["error"] = f"{why}\n{runner.tail(run.out, self.tail_lines)}"
         rec = self.emit(rec, state, msg=why, **fields)
@@ -391,6 +425,14 @@ class Launcher:
             why = self.apps.errors.get(rec["app"], f"apps/{rec['app']}.yml is missing")
             return self._fail_start(path, rec, placement, f"app {rec['app']} unusable: {why}")
         workdir = self.layout.workdir(rec["workdir"])
+        workdir.mkdir(parents=True, exist_ok=True)
+        res = self._hook(app, rec, "preprocess")
+        if res is not None:
+            if res.get("error") or res.get("state") == S.FAILED:
+                return self._fail_start(path, rec, placement,
+                                        f"preprocess failed: {res.get('error') or 'set FAILED'}")
+            extra = {"data": res["data"]} if res.get("data") is not None else {}
+            rec = self.emit(rec, S.PREPROCESSED, msg=res.get("state_data"), **extra)
         try:
             run = runner.start(rec, app, placement, site_root=self.layout.root, workdir=workdir,
                                machine=self.machine, mode=self.mode, path=path)
