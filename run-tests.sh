@@ -12,6 +12,8 @@ fi
 .venv/bin/pip install -q --upgrade pip >/dev/null
 .venv/bin/pip install -q -e '.[test]'
 export PATH="$PWD/.venv/bin:$PATH"
+# Tests create many sites; keep them out of the user's registry of known sites.
+export SPOOL_REGISTRY="${SPOOL_REGISTRY:-$(mktemp -d)/sites.json}"
 started_slurm=0
 if [ "$(id -u)" = 0 ]; then
   command -v gcc >/dev/null || { apt-get update -qq && apt-get install -y -qq gcc >/dev/null; }

@@ -46,6 +46,7 @@ from .spool.store import Store
 
 log = logging.getLogger("spoolbalsam.site")
 INTAKE_BATCH = 5000
+SETTLE_PERIOD = 30.0     # seconds between backstop checks of every waiting job's parents
 FINAL = (S.JOB_FINISHED, S.FAILED)
 
 
@@ -80,6 +81,7 @@ class Site:
         self.machine = machine
         self.batch = None                        # BatchManager, attached by the runner
         self.on_launchers = None                 # called with the live launcher dirs
+        self.next_settle = 0.0
 
     # ---- start-up -------------------------------------------------------------------------
     def recover(self) -> None:
@@ -98,7 +100,31 @@ class Site:
                 self.children.setdefault(p, set()).add(rec["id"])
         for rec in waiting:
             self._settle_waiting(rec["id"])
+        self._finish_other_limbos()
         self._sweep_temps()
+
+    def _finish_other_limbos(self, older_than: float = 60.0) -> None:
+        """Finish moves that a CLI or API process left half-done in its limbo under site/.
+
+        Only files older than ``older_than`` seconds: a live process finishes its own move
+        within milliseconds, so an old file belongs to a process that died mid-move.
+        """
+        cutoff = time.time() - older_than
+        for d in self.layout.site_dir.glob("limbo-*"):
+            for limbo in [d, *(p for p in d.iterdir() if p.is_dir())]:
+                old = [n for n in fsio.list_names(limbo)
+                       if (limbo / n).stat().st_mtime < cutoff]
+                if old:
+                    self.store.finish_limbo(limbo)
+
+    def settle_all_waiting(self) -> None:
+        """Backstop: re-check the parents of every waiting job.  A parent moved by hand or by
+        the API (``job rm``, ``job.state = ...``) produces no launcher event to react to."""
+        for parent in list(self.children):
+            loc = self.store.locate(parent)
+            if loc is None or loc[0] in ("done", "failed"):
+                for child in self.children.pop(parent, ()):
+                    self._settle_waiting(child)
 
     def _sweep_temps(self, older_than: float = 3600.0) -> None:
         """Remove dot-temps a crashed writer left behind (only old ones: a live writer's
@@ -120,6 +146,9 @@ class Site:
         now = time.monotonic() if now is None else now
         counts = {"intake": self.intake(), "merged": self.merge()}
         counts["revoked"] = self.check_launchers(now)
+        if now >= self.next_settle:
+            self.next_settle = now + SETTLE_PERIOD
+            self.settle_all_waiting()
         if self.batch is not None:
             self.batch.tick(now)
         self.events.flush(durable=False)
