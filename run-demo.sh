@@ -10,6 +10,6 @@ if [ ! -x .venv/bin/python ]; then
   python3 -m venv .venv || { apt-get update -qq && apt-get install -y -qq python3-venv >/dev/null && python3 -m venv .venv; }
 fi
 .venv/bin/pip install -q --upgrade pip >/dev/null
-.venv/bin/pip install -q -e . mpich   # mpich: mpiexec for the 12-rank job
+PYTHONWARNINGS=ignore .venv/bin/pip install -q -e . mpich   # mpich: mpiexec for the 12-rank job
 export PATH="$PWD/.venv/bin:$PATH"
 exec python demo/campaign.py "$@"

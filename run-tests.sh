@@ -10,7 +10,7 @@ if [ ! -x .venv/bin/python ]; then
   python3 -m venv .venv || { apt-get update -qq && apt-get install -y -qq python3-venv >/dev/null && python3 -m venv .venv; }
 fi
 .venv/bin/pip install -q --upgrade pip >/dev/null
-.venv/bin/pip install -q -e '.[test]'
+PYTHONWARNINGS=ignore .venv/bin/pip install -q -e '.[test]'
 export PATH="$PWD/.venv/bin:$PATH"
 # Tests create many sites; keep them out of the user's registry of known sites.
 export SPOOL_REGISTRY="${SPOOL_REGISTRY:-$(mktemp -d)/sites.json}"

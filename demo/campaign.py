@@ -56,8 +56,14 @@ def main() -> int:
                 return 1
             time.sleep(0.2)
         print(f"\nAll jobs ended after {time.monotonic() - t0:.1f} s.\n")
+        spool("queue", "term", "1", site=site, check=False)     # the launcher need not idle on
         print(spool("job", "ls", "--by-state", site=site))
-        print(spool("queue", "ls", "--history", site=site))
+        for _ in range(100):        # the site notices the ended batch job within a few ticks
+            hist = spool("queue", "ls", "--history", site=site)
+            if " running " not in hist:
+                break
+            time.sleep(0.1)
+        print(hist)
         print(f"Outputs:  ls {site}/data/demo/*/job.out")
         for name in ("echo_hello0", "echo_hello13", "hello_affinity"):
             out = site / "data" / "demo" / name / "job.out"
