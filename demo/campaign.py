@@ -58,9 +58,9 @@ def main() -> int:
         print(f"\nAll jobs ended after {time.monotonic() - t0:.1f} s.\n")
         spool("queue", "term", "1", site=site, check=False)     # the launcher need not idle on
         print(spool("job", "ls", "--by-state", site=site))
-        for _ in range(100):        # the site notices the ended batch job within a few ticks
+        for _ in range(100):        # the site sees the batch job end within a second or two
             hist = spool("queue", "ls", "--history", site=site)
-            if " running " not in hist:
+            if " finished " in hist:
                 break
             time.sleep(0.1)
         print(hist)

@@ -135,6 +135,7 @@ class BatchManager:
         self.next_elastic = 0.0
         self.seen: set[str] = set()
         self.unknowns: dict[str, int] = {}      # batch id -> consecutive "unknown" answers
+        self.live: set[str] = set()             # submitted, not cancelled, not ended
 
     @property
     def backend(self):
@@ -157,7 +158,8 @@ class BatchManager:
         # A new request (a directory we have not seen) is served at once; the rest of the
         # work waits for the sync period.  One listdir of batch/ per tick, no stats.
         dirs = set(fsio.list_dirs(self.layout.batch))
-        if not force and now < self.next_sync and dirs <= self.seen:
+        termed = any((self.layout.batch / b / "term").exists() for b in self.live)
+        if not force and now < self.next_sync and dirs <= self.seen and not termed:
             return
         self.seen = dirs
         self.next_sync = now + self.period
@@ -177,6 +179,7 @@ class BatchManager:
                     self.backend.cancel(rec["scheduler_id"])
                     rec["cancel_sent"] = True
                     self._save(rec["id"], rec)
+                    self.next_sync = now + 0.5      # look again soon: it should end now
                 except Exception as e:
                     self._error(rec, f"cancel failed: {e}")
         if active:
@@ -192,6 +195,7 @@ class BatchManager:
         for rec in records:
             if rec["state"] in FINAL:
                 self.ended.add(rec["id"])
+        self.live = {r["id"] for r in records if r["state"] in ("queued", "running")}
         self.elastic(now, records)
 
     def elastic(self, now: float, records: list[dict]) -> None:
