@@ -110,8 +110,8 @@ class Launcher:
         self.pending_moves: list = []
 
     # ---- events ---------------------------------------------------------------------------
-    def emit(self, rec: dict, to: str, **details) -> dict:
-        ev = {"t": time.time(), "job": rec["id"], "attempt": rec.get("attempt", 1), "to": to,
+    def emit(self, rec: dict, to: str, t: float | None = None, **details) -> dict:
+        ev = {"t": time.time() if t is None else t, "job": rec["id"], "attempt": rec.get("attempt", 1), "to": to,
               "by": self.id, "launcher": self.id, **details}
         if self.batch_job:
             ev.setdefault("batch_job", self.batch_job)
@@ -442,7 +442,8 @@ class Launcher:
                                placement=placement.to_json(), pid=run.proc.pid,
                                host_name=fsio.HOST,
                                pid_start=proc_start(run.proc.pid),
-                               affinity=self._affinity(rec, placement), started_at=run.started_at)
+                               affinity=self._affinity(rec, placement), started_at=run.started_at,
+                               t=run.started_at)     # the same instant as the run's end says
         self.launches += 1
         self.mpiexecs += run.used_mpi
         self.running[rec["id"]] = run
