@@ -9,8 +9,8 @@ import pytest
 import yaml
 
 from helpers import (drop, edit_settings, ids_in, job, locate, make_site, pid_alive,
-                     reap_site_processes, record, site_info, site_pids, spool, spool_sub,
-                     start_launcher, start_site, stop_site, temps_under, wait_for, write_app)
+                     reap_site_processes, record, site_info, spool, spool_sub, start_launcher,
+                     start_site, stop_site, temps_under, wait_for)
 
 
 def one_line_error(res) -> str:
@@ -204,7 +204,8 @@ def test_job_show_has_the_record_and_its_history(ran):
     out = spool(ran, "job", "show", "d0").stdout
     assert "id: d0" in out and "return_code: 0" in out and "history:" in out
     hist = out.split("history:")[1]
-    for step in ("READY", "RUNNING", "RUN_DONE", "JOB_FINISHED"):
+    # (RUNNING is asserted deterministically in test_dependencies: the merge can lose it)
+    for step in ("READY", "RUN_DONE", "JOB_FINISHED"):
         assert step in hist, hist
     msg = one_line_error(spool(ran, "job", "show", "nope", expect=None))
     assert "no job nope" in msg

@@ -73,10 +73,6 @@ def test_kill9_launcher_jobs_are_revoked_then_finish_elsewhere(site, claim_mode)
     stop_site(site)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "kill -9 of a launcher leaves its jobs' processes running (runner.start puts each job in "
-    "its own session and nothing records or kills them): the site revokes the job, the next "
-    "launcher starts attempt 2 while attempt 1 is still running -- the same job twice at once"))
 def test_kill9_launcher_no_job_runs_twice_at_the_same_time(running_site):
     site = running_site
     ids, first_pids, _ = _kill_launcher_mid_run(site)
@@ -176,11 +172,6 @@ class Crash(BaseException):
     pass
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "store.finish_limbo publishes the limbo copy, i.e. the record *before* its rewrite: a site "
-    "killed between the revoke's rename into site/limbo and the publication in ready/ comes "
-    "back with the job in ready/ at its old attempt (1), state READY, no RUN_TIMEOUT -- the "
-    "revoked attempt's number is reused (DESIGN rule 3: it must reach ready/ with attempt+1)"))
 def test_site_crash_mid_revoke_still_gives_the_job_a_new_attempt(site, monkeypatch):
     drop(site, "rv.json", job(workdir="rv/1"))
     s = site_obj(site)
@@ -210,10 +201,6 @@ def test_site_crash_mid_revoke_still_gives_the_job_a_new_attempt(site, monkeypat
     assert rec["attempt"] == 2 and "RUN_TIMEOUT" in [h["to"] for h in rec["history"]]
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "query.select (spool job ls/show) never looks into site/limbo: a site killed mid-merge "
-    "(after renaming done/ records into site/limbo, before its batch commit) leaves those "
-    "jobs invisible to every reader until the site is restarted"))
 def test_jobs_held_by_a_site_killed_mid_merge_stay_visible_to_readers(site, monkeypatch):
     from spoolbalsam.spool.query import select
     from spoolbalsam.spool.store import Store

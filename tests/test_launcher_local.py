@@ -9,10 +9,8 @@ import os
 import signal
 import time
 
-import pytest
-
 from helpers import (drop, edit_settings, ids_in, job, launcher_ids, locate, pid_alive, record,
-                     records, site_obj, site_pids, spool, start_launcher, start_site, stop_site,
+                     rejected_entries, site_obj, site_pids, spool, start_launcher, start_site, stop_site,
                      wait_for, write_app)
 
 
@@ -48,14 +46,15 @@ def test_seed_campaign_packs_tiles_without_sharing_a_gpu(running_site):
     wait_for(lambda: len(ids_in(site, "ready")) == 25, 20, "25 jobs ready")
     start_launcher(site, idle_ttl=3)
     wait_for(lambda: len(ids_in(site, "done")) == 25, 60, "25 jobs done")
-    out = spool(site, "job", "ls", "--state", "JOB_FINISHED", "--json").stdout
-    assert len(out.splitlines()) == 25
-    out = spool(site, "job", "ls", "--tag", "workflow=demo", "--state", "done", "--json").stdout
-    assert len(out.splitlines()) == 24
+    # listings converge (a single listing can miss a job mid-merge: see test_dependencies)
+    wait_for(lambda: len(spool(site, "job", "ls", "--state", "JOB_FINISHED", "--json").stdout
+                         .splitlines()) == 25, 20, "25 finished jobs listed")
+    wait_for(lambda: len(spool(site, "job", "ls", "--tag", "workflow=demo", "--state", "done",
+                               "--json").stdout.splitlines()) == 24, 20, "24 demo jobs listed")
     # The placement history comes from the launchers' event logs (the records' merged copy
     # can miss it: see test_dependencies' merge-before-rename xfail).
     runs = runs_from_events(site)
-    assert set(runs) == set(ids_in(site, "done"))
+    assert set(runs) == {f"tile{i:02d}" for i in range(24)} | {"big"}
     assert all(r["return_code"] == 0 for r in runs.values())
     host = runs["big"]["placement"]["hosts"][0]
     for job_id, r in runs.items():
@@ -179,11 +178,6 @@ def test_tag_filter_and_cleanup_files(site):
 
 
 # ---- jobs that must not be able to take a launcher down -------------------------------------
-@pytest.mark.xfail(strict=True, reason=(
-    "launcher.Launcher._start catches only OSError around runner.start; a parameter value "
-    "with a NUL byte passes intake, then Popen raises ValueError('embedded null byte'), the "
-    "launcher dies (exit 1) and the job goes back to ready/ unchanged: every launcher that "
-    "claims it dies, and the other jobs in that fill are not run"))
 def test_a_job_with_a_nul_byte_in_a_parameter_cannot_kill_the_launcher(site):
     drop(site, "nul.json", job(workdir="nul/bad", parameters={"say_hello_to": "a\u0000b"}))
     drop(site, "fine.json", job(workdir="nul/fine"))
@@ -192,13 +186,9 @@ def test_a_job_with_a_nul_byte_in_a_parameter_cannot_kill_the_launcher(site):
     wait_for(lambda: proc.poll() is not None, 30, "launcher exit")
     assert proc.returncode == 0
     assert locate(site, "fine") == "done"
-    assert locate(site, "nul") in ("failed", "rejected")
+    assert locate(site, "nul") == "failed" or "nul.json" in rejected_entries(site)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "launcher.Launcher._start: when an app gains a required parameter after its jobs were "
-    "taken in, app.render raises jinja2.UndefinedError (not OSError) inside runner.start; the "
-    "launcher crashes instead of failing that job with a reason"))
 def test_an_app_changed_under_ready_jobs_fails_them_with_a_reason(site):
     write_app(site, "Greet", {"command_template": "echo {{ who }}"})
     drop(site, "greet.json", job("Greet", "greet/1", parameters={"who": "me"}))
@@ -211,10 +201,6 @@ def test_an_app_changed_under_ready_jobs_fails_them_with_a_reason(site):
     assert "how" in record(site, "greet")["error"]
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "token claim mode: Launcher._start's failure paths (app missing/broken, could not start) "
-    "move the job to failed/ without Store.drop_token, so jobs/claims/BB/ID stays; after "
-    "`spool job retry` the job is in ready/ but no launcher can ever take its token again"))
 def test_token_mode_job_can_run_again_after_a_failed_start_and_retry(site):
     edit_settings(site, {"claim_mode": "token"})
     write_app(site, "Later", {"command_template": "echo later"})
@@ -234,13 +220,6 @@ def test_token_mode_job_can_run_again_after_a_failed_start_and_retry(site):
     assert locate(site, "tok") == "done"
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "launcher.Launcher._next_candidates re-appends every still-ready path on each rescan, so "
-    "self.cands holds many copies of a job that is waiting for room (placement.choose requires "
-    "distinct keys); when room frees, choose places the copies, and Store.claim's NFSv3 check "
-    "('dst.exists() -> return dst') makes every repeated claim of the same path 'succeed': the "
-    "job is started several times at once, only the last Running is kept, the others are never "
-    "reaped and their cores/gpus are never released"))
 def test_a_job_waiting_for_room_is_started_exactly_once(site):
     drop(site, "whole.json", job("Sleep", "room/whole", parameters={"secs": "1"}))
     s = site_obj(site)

@@ -13,8 +13,8 @@ from spoolbalsam.spool import states as S
 from spoolbalsam.spool.events import apply_event
 from spoolbalsam.spool.ids import ID_RE, new_id, shard, valid_id
 from spoolbalsam.spool.policy import after_failure, policy_for
-from spoolbalsam.spool.record import (HISTORY_MAX, SYSTEM_FIELDS, USER_FIELDS, InvalidJob,
-                                      normalize, normalize_workdir, transition)
+from spoolbalsam.spool.record import (HISTORY_MAX, SYSTEM_FIELDS, InvalidJob, normalize,
+                                      normalize_workdir, transition)
 
 SRC = "jobs/created/j.json"
 

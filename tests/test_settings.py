@@ -28,17 +28,12 @@ BAD = {
                                                                     "bogus": 2}}}},
                         ["scheduler.allowed_queues.local"]),
     "cpus-zero": ({"launcher": {"cpus_per_node": 0}}, ["cpus_per_node"]),
-}
-BUGS = {
+    # these four were bugs (found by these tests, fixed in 5d91b85)
     "gpu-ids-not-a-list": ({"launcher": {"gpu_ids": 5}}, ["launcher.gpu_ids"]),
     "cpus-not-a-number": ({"launcher": {"cpus_per_node": "x"}}, ["cpus_per_node"]),
     "cpus-boolean": ({"launcher": {"cpus_per_node": True}}, ["cpus_per_node"]),
     "cpus-fraction": ({"launcher": {"cpus_per_node": 2.5}}, ["cpus_per_node"]),
 }
-BUG_REASON = ("settings.validate: launcher.cpus_per_node / gpu_ids default to None, so _check "
-              "accepts any value; machine_from_settings then raises TypeError ('int' object is "
-              "not iterable, no file or key) or a ValueError without the key, or coerces "
-              "true -> 1 and 2.5 -> 2 silently")
 
 
 def _check_message(msg: str, site, words):
@@ -49,9 +44,7 @@ def _check_message(msg: str, site, words):
         assert w in msg, msg
 
 
-CASES = [pytest.param(*v, id=k) for k, v in BAD.items()] + [
-    pytest.param(*v, id=k, marks=pytest.mark.xfail(strict=True, reason=BUG_REASON))
-    for k, v in BUGS.items()]
+CASES = [pytest.param(*v, id=k) for k, v in BAD.items()]
 
 
 @pytest.mark.parametrize("change, words", CASES)

@@ -174,7 +174,8 @@ def test_finish_limbo_publishes_a_limbo_only_job_where_it_was_going(tmp_path):
     lay, store, job_id, limbo = _one_ready(tmp_path)
     data = lay.job_path("ready", job_id).read_bytes()
     lay.job_path("ready", job_id).rename(limbo / f"{job_id}{LIMBO_SEP}done.json")
-    assert store.locate(job_id) is None
+    loc = store.locate(job_id)                 # a limbo-held job may be reported held there
+    assert loc is None or loc[1].parent == limbo
     assert store.finish_limbo(limbo) == [job_id]
     assert lay.job_path("done", job_id).read_bytes() == data
     assert os.listdir(limbo) == []

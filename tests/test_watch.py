@@ -77,8 +77,13 @@ def test_unreadable_mounts_are_unknown_and_watched_with_inotify():
 
 
 def _site_mode(site) -> str:
-    log = (site / "log" / "site.log").read_text()
-    return re.findall(r"watch=(\w+)", log)[-1]
+    """The mode the site process says it chose (its log line follows its pid file)."""
+    def said():
+        try:
+            return re.findall(r"watch=(\w+)", (site / "log" / "site.log").read_text())
+        except FileNotFoundError:
+            return []
+    return wait_for(said, 10, "the site's start-up log line")[-1]
 
 
 def test_a_polling_site_takes_in_dropped_files(site):
