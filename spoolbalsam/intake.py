@@ -33,15 +33,19 @@ def resource_problem(rec: dict, machine) -> tuple[str, str] | None:
     return None
 
 
-def check_job(rec: dict, source: str, apps, store, machine,
-              published: dict | None = None, limbo: dict | None = None) -> tuple[dict | None, str]:
+def check_job(rec: dict, source: str, apps, store, machine, published: dict | None = None,
+              limbo: dict | None = None, intake: bool = False) -> tuple[dict | None, str]:
     """(record in its first state, directory) — or (None, dir) if it is already in the site
-    from this very file (``intake_digest`` matches: a crash after publishing)."""
+    from this very file (``intake_digest`` matches: a crash after publishing).  ``intake``:
+    the caller is the site taking the job in, not a submitter checking before the drop."""
     published = published if published is not None else {}
     job_id = rec["id"]
     if job_id in published:
         raise InvalidJob(source, "id", f"{job_id!r} was submitted twice in the same batch")
     found = store.locate(job_id, limbo)
+    if found and found[0] == "created" and not intake:
+        raise InvalidJob(source, "id", f"job {job_id} was already submitted and waits for the "
+                         "site to take it in (jobs/created/); choose another id")
     if found and found[0] != "created":
         try:
             existing = fsio.read_json(found[1])

@@ -67,6 +67,32 @@ def _parents_first(parsed: list) -> list:
     return out
 
 
+def job_processes(site_root: Path, job_ids: set[str]) -> list[int]:
+    """Pids on this host whose environment says they run one of ``job_ids`` of this site."""
+    want_site = f"SPOOL_SITE={site_root}".encode()
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit() or int(entry) == os.getpid():
+            continue
+        try:
+            with open(f"/proc/{entry}/environ", "rb") as f:
+                env = f.read().split(b"\0")
+        except OSError:
+            continue
+        if want_site not in env:
+            continue
+        for var in env:
+            if var.startswith(b"SPOOL_JOB_ID=") and var[13:].decode(errors="replace") in job_ids:
+                found.append(int(entry))
+                break
+    return found
+
+
+def _alive(pid: int) -> bool:
+    from .spool.lease import pid_alive
+    return pid_alive(pid)
+
+
 class Site:
     def __init__(self, layout: Layout, settings: dict, machine=None):
         self.layout = layout
@@ -110,12 +136,18 @@ class Site:
         within milliseconds, so an old file belongs to a process that died mid-move.
         """
         cutoff = time.time() - older_than
-        for d in self.layout.site_dir.glob("limbo-*"):
-            for limbo in [d, *(p for p in d.iterdir() if p.is_dir())]:
-                old = [n for n in fsio.list_names(limbo)
-                       if (limbo / n).stat().st_mtime < cutoff]
-                if old:
-                    self.store.finish_limbo(limbo)
+        for limbo in self.store.limbo_dirs():
+            if not limbo.parent.name.startswith("limbo-") and not limbo.name.startswith("limbo-"):
+                continue
+            for name in fsio.list_names(limbo):
+                try:
+                    # ctime: a rename keeps a file's mtime but sets its ctime, so this is
+                    # when the file entered the limbo.
+                    if (limbo / name).stat().st_ctime < cutoff:
+                        self.store.finish_limbo(limbo)
+                        break
+                except FileNotFoundError:
+                    continue
 
     def settle_all_waiting(self) -> None:
         """Backstop: re-check the parents of every waiting job.  A parent moved by hand or by
@@ -149,6 +181,7 @@ class Site:
         if now >= self.next_settle:
             self.next_settle = now + SETTLE_PERIOD
             self.settle_all_waiting()
+            self._finish_other_limbos()
         if self.batch is not None:
             self.batch.tick(now)
         self.events.flush(durable=False)
@@ -156,16 +189,16 @@ class Site:
 
     # ---- 1. intake ------------------------------------------------------------------------
     def intake(self, limit: int = INTAKE_BATCH) -> int:
-        names = sorted(fsio.list_names(self.layout.created))[:limit]
-        if not names:
+        held = self._take_drops(limit)
+        if not held:
             return 0
         parsed = []                              # (src, name, record) of well-formed drops
-        for name in names:
-            src = self.layout.created / name
+        for src in held:
+            name = src.name.split("~", 1)[1]
             try:
                 parsed.append((src, name, self._parse(src, name)))
             except FileNotFoundError:
-                continue                         # taken back by its submitter
+                continue
             except InvalidJob as e:
                 self._reject(src, name, str(e))
         batch = fsio.Batch(self.layout.jobs)
@@ -175,7 +208,7 @@ class Site:
         for src, name, rec in _parents_first(parsed):
             try:
                 rec, where = check_job(rec, f"jobs/created/{name}", self.apps, self.store,
-                                       self.machine, published, limbo)
+                                       self.machine, published, limbo, intake=True)
             except InvalidJob as e:
                 self._reject(src, name, str(e))
                 continue
@@ -197,6 +230,25 @@ class Site:
             if where == "waiting":
                 self._settle_waiting(job_id)
         return len(taken)
+
+    def _take_drops(self, limit: int) -> list[Path]:
+        """Move up to ``limit`` dropped files into ``site/intake/`` and return them there.
+
+        # race: a submitter may drop a file again under the same name while the site works
+        # on the first one.  Renaming a drop into the site's own directory before reading it
+        # means the site only ever reads, rejects or deletes files it holds, never a name in
+        # created/ that someone may have just replaced.  Held names are unique
+        # (``MS.SEQ~NAME``), and files left there by a crash are taken in first.
+        """
+        hold = self.layout.site_dir / "intake"
+        held = [hold / n for n in sorted(fsio.list_names(hold, suffix=""))][:limit]
+        names = sorted(fsio.list_names(self.layout.created))[: max(limit - len(held), 0)]
+        stamp = int(time.time() * 1000)
+        for i, name in enumerate(names):
+            dst = hold / f"{stamp:013d}.{i:05d}~{name}"
+            if fsio.rename_quiet(self.layout.created / name, dst):
+                held.append(dst)
+        return held
 
     def _parse(self, src: Path, name: str) -> dict:
         source = f"jobs/created/{name}"
@@ -356,7 +408,7 @@ class Site:
         rdir = self.layout.running / launcher
         names = fsio.list_names(rdir)
         if names:
-            self._kill_orphans(ldir / "events.jsonl", {n[:-5] for n in names})
+            self._kill_orphans({n[:-5] for n in names})
         n = 0
         for name in names:
             src = rdir / name
@@ -381,35 +433,29 @@ class Site:
         log.info("launcher %s %s: %d job(s) revoked", launcher, why, n)
         return n
 
-    def _kill_orphans(self, events_log: Path, job_ids: set[str]) -> None:
+    def _kill_orphans(self, job_ids: set[str]) -> None:
         """Kill what is left of a dead launcher's jobs on this host before they run again.
 
         # race: kill -9 of a launcher does not kill the jobs it started (each runs in its own
-        # session).  Revoking one while it still runs would let the next attempt run beside
-        # it.  The launcher logs each job's pid and the kernel's start time of that pid when
-        # it starts it, so the site can kill exactly that process group, and only on its own
-        # host.  On other hosts the revoke waits for the scheduler's word that the
-        # allocation ended, and the scheduler has killed everything in it.
+        # session), and it may die before it has logged a new job's pid.  Revoking a job
+        # that still runs would let the next attempt run beside it.  Every job process (and
+        # everything it starts) carries SPOOL_SITE and SPOOL_JOB_ID in its environment, so
+        # the site finds them all in /proc, whatever the launcher managed to log.  On other
+        # hosts the revoke waits for the scheduler's word that the allocation ended, and the
+        # scheduler has killed everything in it.
         """
-        import signal as _signal
-        from .spool.lease import pid_alive
-        events, _ = fsio.read_lines_from(events_log, 0)
-        latest = {ev["job"]: ev for ev in events
-                  if ev.get("to") == S.RUNNING and ev.get("job") in job_ids and ev.get("pid")}
-        victims = []
-        for ev in latest.values():
-            if ev.get("host_name", fsio.HOST) == fsio.HOST and pid_alive(ev["pid"], ev.get("pid_start")):
-                try:
-                    os.killpg(ev["pid"], _signal.SIGKILL)
-                    victims.append(ev)
-                except (ProcessLookupError, PermissionError):
-                    pass
+        victims = job_processes(self.layout.root, job_ids)
+        for pid in victims:
+            try:
+                os.kill(pid, 9)
+            except (ProcessLookupError, PermissionError):
+                pass
         deadline = time.monotonic() + 5
         while victims and time.monotonic() < deadline:
-            victims = [v for v in victims if pid_alive(v["pid"], v.get("pid_start"))]
+            victims = [p for p in victims if _alive(p)]
             time.sleep(0.01)
-        for v in victims:
-            log.warning("job %s: process %s of a dead launcher would not die", v["job"], v["pid"])
+        for p in victims:
+            log.warning("process %d of a dead launcher's job would not die", p)
 
     def _revoke_job(self, src: Path, rec: dict, launcher: str, why: str) -> int:
         job_id = rec["id"]

@@ -35,7 +35,9 @@ def filesystem_type(path: Path, mounts_text: str | None = None) -> str:
         if len(parts) < 3:
             continue
         mnt = parts[1].replace("\\040", " ")
-        if (target == mnt or target.startswith(mnt.rstrip("/") + "/")) and len(mnt) > len(best):
+        # >=: of several mounts on one point the last listed is the one on top (an NFS
+        # mount over its autofs trigger), so it decides.
+        if (target == mnt or target.startswith(mnt.rstrip("/") + "/")) and len(mnt) >= len(best):
             best, fstype = mnt, parts[2]
     return fstype
 

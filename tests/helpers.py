@@ -275,6 +275,13 @@ def rejected_entries(site: Path) -> dict[str, tuple[bytes, str]]:
     return out
 
 
+def pending_drops(site: Path) -> list[str]:
+    """Dropped files the site has not finished with: still in jobs/created/, or taken into
+    site/intake/ (held as ``MS.SEQ~NAME``); original names."""
+    held = [n.split("~", 1)[1] for n in fsio.list_names(site / "site" / "intake", suffix="")]
+    return fsio.list_names(site / "jobs" / "created") + held
+
+
 def temps_under(directory: Path) -> list[Path]:
     return [Path(r) / f for r, _, fs in os.walk(directory) for f in fs if f.startswith(".")]
 

@@ -507,7 +507,7 @@ def test_a_crashed_api_process_loses_no_job(local):
     dead = local.site_dir / "limbo-api" / f"{fsio.HOST}.999999999.1"
     dead.mkdir(parents=True)
     os.rename(job._rec["_path"], dead / f"{job.id}@ready.json")
-    assert Job.objects.filter(id=job.id).count() == 0
+    assert Job.objects.filter(id=job.id).count() == 1   # still visible while held
     other = echo(2)
     other.save()
     local.tick()

@@ -282,10 +282,6 @@ def test_queue_submit_refuses_bad_requests_and_writes_nothing(site, args, words)
     assert os.listdir(site / "batch") == []
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "submit.submit_jobs/intake.check_job ignore a job that is still in jobs/created/ "
-    "(found[0] == 'created'), and fsio.Batch renames over it: a second `spool job create "
-    "--id X` before the site took in the first silently replaces it; both report 'Added'"))
 def test_job_create_with_an_id_still_waiting_for_intake_is_refused(site):
     spool(site, "job", "create", "-a", "EchoHello", "-w", "dup/first", "-p", "say_hello_to=a",
           "--id", "dupx")

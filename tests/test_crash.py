@@ -12,7 +12,7 @@ import pytest
 from spoolbalsam.spool import fsio
 from spoolbalsam.spool.ids import shard
 
-from helpers import (counts, drop, edit_settings, ids_in, job, kill9, launcher_ids, locate, pid_alive, record,
+from helpers import (pending_drops, counts, drop, edit_settings, ids_in, job, kill9, launcher_ids, locate, pid_alive, record,
                      records, rejected_entries, site_info, site_obj, spool, start_launcher,
                      start_site, stop_site, wait_for, write_app)
 
@@ -93,23 +93,22 @@ def test_kill9_site_mid_intake_of_2000_files_loses_and_duplicates_nothing(site):
         bad = i % 40 == 0
         names[name] = bad
         drop(site, name, b"{broken" if bad else json.dumps(job(workdir=f"k/{i}")).encode())
-    created = site / "jobs" / "created"
     first_good = site / "jobs" / "ready" / shard("k0001") / "k0001.json"
     # round 1: kill as soon as the first job is published (mid-publication)
     pid = start_site(site)
     wait_for(first_good.exists, 60, "the first job published", 0.0005)
     kill9(pid)
     wait_for(lambda: not pid_alive(pid), 10, "site dead")
-    left = len(fsio.list_names(created))
+    left = len(pending_drops(site))
     assert left > 0, "the kill came after the intake had finished; nothing was tested"
     # round 2: kill once the site has started removing taken files
     pid = start_site(site)
-    wait_for(lambda: len(fsio.list_names(created)) < left, 60, "intake removing files", 0.001)
+    wait_for(lambda: len(pending_drops(site)) < left, 60, "intake finishing files", 0.001)
     kill9(pid)
     wait_for(lambda: not pid_alive(pid), 10, "site dead")
     # round 3: let it finish
     start_site(site)
-    wait_for(lambda: not fsio.list_names(created), 60, "created/ drained")
+    wait_for(lambda: not pending_drops(site), 60, "every drop handled")
     stop_site(site)
     ready = ids_in(site, "ready")
     assert len(ready) == len(set(ready)), "a job was published twice"
@@ -239,12 +238,6 @@ cli(["--site", sys.argv[1], "launcher", "-j", "serial", "-t", "10", "--idle-ttl"
 """
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "the job's pid reaches the launcher's event log only when fill() flushes after starting "
-    "(launcher._start emits RUNNING with pid, flushed with durable=False at the end of fill); "
-    "a launcher killed between Popen and that flush leaves a process the site cannot know "
-    "of: Site._kill_orphans finds no pid, the job is revoked and attempt 2 runs beside the "
-    "still-running attempt 1"))
 def test_kill9_right_after_a_start_still_never_runs_a_job_twice(running_site):
     import subprocess
     import sys
@@ -265,12 +258,6 @@ def test_kill9_right_after_a_start_still_never_runs_a_job_twice(running_site):
     assert not pid_alive(first_pid), "attempt 1 still running beside attempt 2"
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "`spool job retry` moves through site/limbo-cli, which Store.limbo_index does not list: "
-    "a retry killed between its rename into that limbo and its publication in ready/ makes "
-    "the job invisible to every reader and to intake, and Site._finish_other_limbos only "
-    "finishes it at a site start, and only if the file's mtime (kept by the rename: the time "
-    "the record was last written, not when it entered the limbo) is over 60 s old"))
 def test_a_retry_killed_midway_leaves_the_job_visible_and_recoverable(site, monkeypatch):
     from spoolbalsam.spool.query import select
     drop(site, "rt.json", job("Fail", "rt/1", retry={"errors": 0}))

@@ -142,7 +142,8 @@ def test_slurm_directives_exact():
     text = render_job_script("slurm", **ctx(site_path="/global/cfs/demo", project="m1234",
                                             queue="regular", optional_params={"qos": "debug", "-C": "gpu"}))
     directives = [ln for ln in text.splitlines() if ln.startswith("#SBATCH")]
-    assert directives == ["#SBATCH -J qlaunch00042", "#SBATCH -N 2", "#SBATCH -t 1:30:00",
+    assert directives == ["#SBATCH -J qlaunch00042", "#SBATCH -N 2", "#SBATCH --exclusive",
+                          "#SBATCH -t 1:30:00",
                           "#SBATCH -A m1234", "#SBATCH -p regular",
                           "#SBATCH -o /global/cfs/demo/batch/qlaunch00042.out",
                           "#SBATCH --qos=debug", "#SBATCH -C gpu"]

@@ -57,12 +57,6 @@ def test_daos_and_other_network_filesystems_poll():
         assert fs in NETWORK_FS
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "watch.filesystem_type keeps the *first* of several mounts on the same mount point "
-    "(len(mnt) > len(best)); /proc/mounts lists mounts in mount order, and a later mount on "
-    "the same point hides the earlier one. With an autofs direct map (common for NFS project "
-    "and home directories on HPC login nodes) the autofs line comes first, so a site on NFS "
-    "is watched with inotify and never sees other nodes' drops"))
 def test_the_last_mount_on_a_mount_point_is_the_one_that_counts():
     mounts = ("overlay / overlay rw 0 0\n"
               "/etc/auto.direct /projects autofs rw,fd=7,direct 0 0\n"

@@ -21,6 +21,7 @@
       site/events.jsonl           the site's event log
       site/merged.json            how far the site has merged each launcher's events
       site/limbo/                 the site's private hand-over area
+      site/intake/                dropped files the site has taken and not yet finished
       batch/ID/                   one batch job: request.json, state.json, qlaunch script
       data/WORKDIR/job.out        each job's working directory and output
       log/                        site and launcher logs
@@ -115,7 +116,7 @@ class Layout:
     def make(self) -> None:
         for sub in ("jobs/created", "jobs/waiting", "jobs/ready", "jobs/running", "jobs/done",
                     "jobs/failed", "jobs/rejected", "apps", "data", "log", "batch",
-                    "launchers", "site/limbo"):
+                    "launchers", "site/limbo", "site/intake"):
             (self.root / sub).mkdir(parents=True, exist_ok=True)
 
 

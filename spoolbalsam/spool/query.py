@@ -10,6 +10,7 @@ opened — so ``spool job ls --by-state`` stays fast at a million jobs.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Iterator
 
 from . import states as S
@@ -90,22 +91,61 @@ def select(layout: Layout, flt: Filter | None = None) -> Iterator[dict]:
                     yield rec
         return
     # race: a job being moved with a rewrite sits in its mover's limbo for a moment (or,
-    # after a crash, until the mover's recovery); readers show it where it is going.
-    limbo = {k: v for k, v in store.limbo_index().items() if v[0] in flt.dirs}
+    # after a crash, until recovery); a reader shows it where it is going.  The site's merges
+    # rewrite done/ and failed/ records in place through site/limbo all the time, so every
+    # bucket listing is bracketed by two looks at site/limbo: a record missing from the
+    # listing because a merge held it is in one of them.  Other limbos (launchers', CLI's)
+    # hold a job only while it changes state and are looked at before and after the scan.
+    site_limbo = layout.site_dir / "limbo"
+    limbo = store.limbo_index()
+    seen: set[str] = set()
     for d in flt.dirs:
         if d == "rejected":
             yield from rejected(layout)
             continue
-        for _, path in store.iter_dir(d):
-            rec = read_record(path, d, pending)
-            if rec is not None:
-                limbo.pop(rec["id"], None)
+        for bucket in store.buckets(d):
+            before = _held(site_limbo, d)
+            names = store.names_in(d, bucket)
+            held = {**before, **_held(site_limbo, d)}
+            for path in names:
+                rec = read_record(path, d, pending)
+                if rec is None:
+                    continue
+                seen.add(rec["id"])
                 if flt.matches(rec):
                     yield rec
+            for job_id, path in held.items():
+                if job_id not in seen:
+                    rec = _read_somewhere(store, job_id, path, d, pending)
+                    if rec is not None:
+                        seen.add(job_id)
+                        if flt.matches(rec):
+                            yield rec
+    limbo.update(store.limbo_index())
     for job_id, (d, path) in sorted(limbo.items()):
-        rec = read_record(path, d, pending)
-        if rec is not None and flt.matches(rec):
-            yield rec
+        if d in flt.dirs and job_id not in seen:
+            rec = _read_somewhere(store, job_id, path, d, pending)
+            if rec is not None and flt.matches(rec):
+                yield rec
+
+
+def _held(limbo: Path, d: str) -> dict[str, Path]:
+    """Jobs in ``limbo`` on their way to directory ``d``."""
+    out = {}
+    for name in fsio.list_names(limbo):
+        job_id, _, key = name[:-5].partition("@")
+        if key.split(".", 1)[0] == d:
+            out[job_id] = limbo / name
+    return out
+
+
+def _read_somewhere(store: Store, job_id: str, held: Path, d: str, pending) -> dict | None:
+    """The record of a job seen in a limbo: from the limbo, or wherever it went since."""
+    rec = read_record(held, d, pending)
+    if rec is None:
+        loc = store.locate(job_id)
+        rec = read_record(loc[1], loc[0], pending) if loc else None
+    return rec
 
 
 def rejected(layout: Layout) -> Iterator[dict]:

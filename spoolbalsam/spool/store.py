@@ -72,11 +72,22 @@ class Store:
             limbo = self.limbo_index()
         return limbo.get(job_id)
 
+    def limbo_dirs(self) -> list[Path]:
+        site = self.layout.site_dir
+        dirs = [site / "limbo"] + [self.layout.launchers / n / "limbo"
+                                   for n in fsio.list_dirs(self.layout.launchers)]
+        for extra in fsio.list_dirs(site):
+            if extra.startswith("limbo-"):
+                dirs.append(site / extra)
+                dirs += [site / extra / sub for sub in fsio.list_dirs(site / extra)]
+        return dirs
+
     def limbo_index(self) -> dict[str, tuple[str, Path]]:
-        """Every job held in a limbo (the site's and each launcher's): id -> (dest, path)."""
+        """Every job held in a limbo: id -> (dest, path).  The limbos are the site's
+        (``site/limbo``), each launcher's (``launchers/L/limbo``) and those of CLI and API
+        processes (``site/limbo-*``, with one level of per-process subdirectories)."""
         out = {}
-        dirs = [self.layout.site_dir / "limbo"] + [self.layout.launchers / n / "limbo"
-                                                   for n in fsio.list_dirs(self.layout.launchers)]
+        dirs = self.limbo_dirs()
         for d in dirs:
             for name in fsio.list_names(d):
                 job_id, _, key = name[: -len(".json")].partition(LIMBO_SEP)
@@ -89,6 +100,17 @@ class Store:
     def visible(self, job_id: str) -> bool:
         """True if the job has a visible name (limbos not counted)."""
         return self.locate(job_id, {}) is not None
+
+    def buckets(self, state: str) -> list[str]:
+        """The listing units of a state directory: its buckets, launchers, or itself ("")."""
+        base = self.layout.state_dir(state)
+        if state in SHARDED_DIRS or state == "running":
+            return sorted(fsio.list_dirs(base))
+        return [""]
+
+    def names_in(self, state: str, bucket: str) -> list[Path]:
+        base = self.layout.state_dir(state) / bucket if bucket else self.layout.state_dir(state)
+        return [base / n for n in fsio.list_names(base)]
 
     def iter_dir(self, state: str) -> Iterator[tuple[str, Path]]:
         """(state, path) of every visible record in a state directory (names only, no stat)."""
