@@ -21,7 +21,7 @@ from .spool.layout import Layout
 from .spool.lease import pid_alive
 
 log = logging.getLogger("spoolbalsam.site")
-MIN_TICK_GAP = 0.01
+MIN_TICK_GAP = 0.1      # a burst of events wakes the site at most 10 times a second
 
 
 class AlreadyRunning(RuntimeError):

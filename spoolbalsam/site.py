@@ -45,7 +45,8 @@ from .spool.record import InvalidJob, normalize, transition
 from .spool.store import Store
 
 log = logging.getLogger("spoolbalsam.site")
-INTAKE_BATCH = 5000
+INTAKE_BATCH = 500       # drops published per commit: launchers start on the first batch
+INTAKE_BUDGET = 1.0      # seconds of intake per tick before merges and liveness get a turn
 SETTLE_PERIOD = 30.0     # seconds between backstop checks of every waiting job's parents
 FINAL = (S.JOB_FINISHED, S.FAILED)
 
@@ -176,7 +177,13 @@ class Site:
     # ---- one iteration --------------------------------------------------------------------
     def tick(self, now: float | None = None) -> dict:
         now = time.monotonic() if now is None else now
-        counts = {"intake": self.intake(), "merged": self.merge()}
+        taken, t0 = 0, time.monotonic()
+        while True:
+            n = self.intake()
+            taken += n
+            if n < INTAKE_BATCH or time.monotonic() - t0 > INTAKE_BUDGET:
+                break
+        counts = {"intake": taken, "merged": self.merge()}
         counts["revoked"] = self.check_launchers(now)
         if now >= self.next_settle:
             self.next_settle = now + SETTLE_PERIOD

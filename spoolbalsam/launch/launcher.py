@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import logging
 import os
+import select
 import signal
 import time
 from pathlib import Path
@@ -100,6 +101,7 @@ class Launcher:
         self.buckets: list[str] = []
         self.skip: set[str] = set()             # never claimable here (tags, size)
         self.passed: dict[str, int] = {}
+        self.parsed: dict[Path, tuple[dict, Request]] = {}   # candidate -> (record, request)
         self.next_scan = 0.0
         self.idle_since = time.monotonic()
         self.launches = 0
@@ -150,8 +152,11 @@ class Launcher:
             self.exit_reason = self.draining
             return False
         if not self.running and not self.cands and now - self.idle_since >= self.idle_ttl:
-            self.exit_reason = f"idle for {self.idle_ttl:g} s"
-            return False
+            if self._drops_pending():
+                self.idle_since = now    # the site is still taking jobs in: wait for them
+            else:
+                self.exit_reason = f"idle for {self.idle_ttl:g} s"
+                return False
         return True
 
     def run(self) -> str:
@@ -160,10 +165,36 @@ class Launcher:
         signal.signal(signal.SIGINT, lambda *_: self.request_stop("SIGINT"))
         try:
             while self.tick():
-                time.sleep(self.delay if self.running else min(IDLE_SCAN_SEC, 0.05))
+                self.wait()
         finally:
             self.shutdown()
         return self.exit_reason or "stopped"
+
+    def _drops_pending(self) -> bool:
+        return bool(fsio.list_names(self.layout.created) or
+                    fsio.list_names(self.layout.site_dir / "intake", suffix=""))
+
+    def wait(self) -> None:
+        """Sleep until a job ends, or until it is time to look for work again.
+
+        Each running job has a pidfd; ``poll`` on them returns the moment one exits, so a
+        finished job is reaped at once instead of on the next fixed tick.
+        """
+        if not self.running:
+            time.sleep(min(IDLE_SCAN_SEC, 0.05))
+            return
+        timeout = IDLE_SCAN_SEC if self.pool.has_room() and not self.draining else 1.0
+        fds = [r.pidfd for r in self.running.values() if r.pidfd is not None]
+        if not fds or len(fds) < len(self.running):
+            time.sleep(self.delay)
+            return
+        poller = select.poll()
+        for fd in fds:
+            poller.register(fd, select.POLLIN)
+        try:
+            poller.poll(timeout * 1000)
+        except InterruptedError:
+            pass
 
     def shutdown(self) -> None:
         """Leave nothing behind: end running jobs, return unstarted claims, say goodbye."""
@@ -204,6 +235,7 @@ class Launcher:
         moves = []
         for run, rc in ended:
             del self.running[run.job_id]
+            run.close()
             self.pool.release(run.placement)
             self.finished += 1
             moves.append(self._verdict(run, rc))
@@ -311,8 +343,9 @@ class Launcher:
             # race: a job that waits for resources stays a candidate while buckets are
             # listed again; it must appear once, or choose() would place it twice.
             have = set(self.cands)
-            self.cands.extend(p for p in names if p.name not in self.skip and p not in have
-                              and p.name[:-5] not in self.running)
+            room = self.prefetch - len(self.cands)
+            self.cands.extend([p for p in names if p.name not in self.skip and p not in have
+                               and p.name[:-5] not in self.running][:room])
             if not self.buckets:
                 break                  # a full round: let the loop run before another
         if not self.cands:
@@ -333,7 +366,34 @@ class Launcher:
             slots = left if slots is None else min(slots, left)
         return None if slots is None else max(slots, 0)
 
+    def _candidate(self, path: Path, time_left_min: float) -> tuple[dict, Request] | None:
+        """(record, request) of a ready candidate, parsed once and cached; None to pass it."""
+        got = self.parsed.get(path)
+        if got is None:
+            try:
+                rec = fsio.read_json(path)
+                req = Request.from_job(rec)
+            except (FileNotFoundError, ValueError) as e:
+                if not isinstance(e, FileNotFoundError) and path.exists():
+                    log.warning("job %s: %s; skipped", path.name[:-5], e)
+                    self.skip.add(path.name)
+                return None          # claimed by someone else, or unusable
+            reason = self.pool.fits_ever(req)
+            if reason:
+                log.info("job %s never fits this allocation (%s); left for another",
+                         rec["id"], reason)
+                self.skip.add(path.name)
+                return None
+            got = self.parsed[path] = (rec, req)
+        if self._unsuitable(got[0], time_left_min):
+            self.skip.add(path.name)     # time left only shrinks: never here
+            del self.parsed[path]
+            return None
+        return got
+
     def fill(self, now: float) -> None:
+        if not self.pool.has_room():
+            return                       # nothing can start until something ends
         slots = self.mpi_slots()
         free_runs = slots if self.mode == "mpi" else None
         if free_runs is not None and free_runs <= 0:
@@ -343,50 +403,38 @@ class Launcher:
             return
         time_left_min = (self.end_at - self.margin - now) / 60
         batch: list[tuple[Path, Request]] = []
-        recs: dict[Path, dict] = {}
         keep: list[Path] = []
         for path in self.cands:
-            if len(batch) >= self.prefetch:
-                keep.append(path)
+            got = self._candidate(path, time_left_min)
+            if got is None:
+                if path in self.parsed:
+                    keep.append(path)    # waits for time or an mpiexec slot
                 continue
-            try:
-                rec = fsio.read_json(path)
-            except (FileNotFoundError, ValueError):
-                continue                 # claimed by someone else (or being rewritten)
-            why = self._unsuitable(rec, time_left_min)
-            if why:
-                if why != "later":
-                    self.skip.add(path.name)
-                continue
-            try:
-                req = Request.from_job(rec)
-            except ValueError as e:
-                log.warning("job %s: %s; skipped", rec.get("id"), e)
-                self.skip.add(path.name)
-                continue
+            req = got[1]
             if self.mode == "serial" and slots is not None and runner.needs_mpi("serial", req):
+                if self.budget_left() == 0:
+                    self.skip.add(path.name)     # no mpiexec left here: for another launcher
+                    continue
                 if slots <= 0:
-                    continue             # a multi-rank job waits for an mpiexec slot
+                    keep.append(path)    # a multi-rank job waits for an mpiexec slot
+                    continue
                 slots -= 1
-            reason = self.pool.fits_ever(req)
-            if reason:
-                log.info("job %s never fits this allocation (%s); left for another", rec["id"], reason)
-                self.skip.add(path.name)
-                continue
             batch.append((path, req))
-            recs[path] = rec
         chosen = choose(self.pool, batch, passed_over=self.passed, max_jobs=free_runs)
         placed = set()
         for path, placement in chosen:
             placed.add(path)
+            expected = self.parsed.pop(path)[1]
             claimed = self.store.claim(path, self.id)
             if claimed is None:
                 self.pool.release(placement)
                 continue
-            self._start(claimed, placement)
+            self._start(claimed, placement, expected)
         if placed:
             self.events.flush(durable=False)   # the pids of new jobs, for the site's revoke
         self.cands = [p for p, _ in batch if p not in placed] + keep
+        live = set(self.cands)
+        self.parsed = {p: v for p, v in self.parsed.items() if p in live}
 
     def _affinity(self, rec: dict, placement) -> dict:
         """What the job's ranks see: the gpu variable, each rank's mask, the tile mode."""
@@ -407,10 +455,10 @@ class Launcher:
                 return "tags"
         wall = rec.get("wall_time_min") or 0
         if wall and wall > time_left_min:
-            return "later" if wall <= (self.end_at - self.t0) / 60 else "too long"
+            return "too long"
         return None
 
-    def _start(self, path: Path, placement) -> None:
+    def _start(self, path: Path, placement, expected: Request | None = None) -> None:
         job_id = path.name[:-5]
         if job_id in self.running:            # never two processes for one job
             self.pool.release(placement)
@@ -419,6 +467,13 @@ class Launcher:
             rec = fsio.read_json(path)   # the claimed content is the authority
         except (FileNotFoundError, ValueError):
             self.pool.release(placement)
+            return
+        if expected is not None and Request.from_job(rec) != expected:
+            # race: the record was rewritten (resources changed) after we read it as a
+            # candidate; the placement may not suit it.  It goes back, unstarted.
+            self.pool.release(placement)
+            self.store.move(path, self.layout.job_path("ready", job_id))
+            self.store.drop_token(job_id)
             return
         app = self.apps.get(rec["app"])
         if app is None:

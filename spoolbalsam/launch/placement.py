@@ -188,7 +188,7 @@ class NodePool:
         """True while any placement is live."""
         return bool(self._live)
 
-    def _has_room(self) -> bool:
+    def has_room(self) -> bool:
         """True if some unheld node has a free core and free occupancy (every job needs both)."""
         return any(sig[0] > 0 and sig[1] > 0 for sig in self._buckets)
 
@@ -413,7 +413,7 @@ def choose(pool: NodePool, candidates: Sequence[tuple[K, Request]], *,
             p = pool.place(req)
             if p is None:
                 failed.add(req)
-                if not pool._has_room():
+                if not pool.has_room():
                     break  # every unheld node is full: nothing behind can fit either
                 continue
             placed.append((key, p))

@@ -37,7 +37,13 @@ class Running:
     kill_at: float | None = None          # monotonic: SIGKILL after this
     timed_out: bool = False
     used_mpi: bool = False                # started through mpiexec/srun (counts in the budget)
+    pidfd: int | None = None              # readable when the process exits (Linux >= 5.3)
     extra: dict = field(default_factory=dict)
+
+    def close(self) -> None:
+        if self.pidfd is not None:
+            os.close(self.pidfd)
+            self.pidfd = None
 
 
 def job_environment(rec: dict, app: App, site_root: Path, workdir: Path, machine,
@@ -80,8 +86,12 @@ def start(rec: dict, app: App, placement: Placement, *, site_root: Path, workdir
     with open(out, "wb") as fh:
         proc = subprocess.Popen(command, cwd=workdir, stdout=fh, stderr=subprocess.STDOUT,
                                 stdin=subprocess.DEVNULL, env=env, start_new_session=True)
+    try:
+        pidfd = os.pidfd_open(proc.pid)
+    except (AttributeError, OSError):
+        pidfd = None
     return Running(rec["id"], rec, path, placement, proc, out, time.time(), time.monotonic(),
-                   used_mpi=use_mpi)
+                   used_mpi=use_mpi, pidfd=pidfd)
 
 
 def needs_mpi(mode: str, req: Request) -> bool:

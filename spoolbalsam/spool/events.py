@@ -69,7 +69,10 @@ def merge_state(layout: Layout) -> tuple[dict[str, int], dict[str, list[dict]]]:
 
 
 def save_merge_state(layout: Layout, offsets: dict, pending: dict) -> None:
-    fsio.write_json_atomic(layout.site_dir / "merged.json", {"offsets": offsets, "pending": pending})
+    """Written whole but not synced: merging is idempotent, so after a power loss an older
+    state only means some events are merged again."""
+    fsio.write_json_atomic(layout.site_dir / "merged.json", {"offsets": offsets, "pending": pending},
+                           durable=False)
 
 
 def unmerged_events(layout: Layout) -> dict[str, list[dict]]:
