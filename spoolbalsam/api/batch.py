@@ -24,7 +24,7 @@ from .. import batch as batch_mod
 from .. import settings as settings_mod
 from ..spool import fsio
 from ..submit import SubmitError
-from .query import DoesNotExist, MultipleObjectsReturned, _as_list
+from .query import DoesNotExist, MultipleObjectsReturned, SimpleQuery, _as_list
 
 FIELDS = ("site_id", "num_nodes", "wall_time_min", "job_mode", "queue", "project",
           "filter_tags", "optional_params")
@@ -249,19 +249,9 @@ BATCH_FILTERS = ("id", "site_id", "state", "scheduler_id", "queue", "project", "
                  "filter_tags")
 
 
-class BatchJobQuery:
-    def __init__(self, conds: dict | None = None):
-        self._conds = dict(conds or {})
-        self._cache: list | None = None
-
-    def filter(self, **kw) -> "BatchJobQuery":
-        for k in kw:
-            if k not in BATCH_FILTERS:
-                raise TypeError(f"unknown batch job filter {k!r}; known: {', '.join(BATCH_FILTERS)}")
-        return BatchJobQuery({**self._conds, **{k: v for k, v in kw.items() if v is not None}})
-
-    def all(self) -> "BatchJobQuery":
-        return BatchJobQuery(self._conds)
+class BatchJobQuery(SimpleQuery):
+    FILTERS = BATCH_FILTERS
+    WHAT = "batch job filter"
 
     def _fetch(self) -> list[BatchJob]:
         if self._cache is None:
@@ -288,17 +278,6 @@ class BatchJobQuery:
             self._cache = out
         return self._cache
 
-    def __iter__(self):
-        return iter(self._fetch())
-
-    def __len__(self) -> int:
-        return len(self._fetch())
-
-    def __bool__(self) -> bool:
-        return bool(self._fetch())
-
-    def __getitem__(self, i):
-        return self._fetch()[i]
 
     def __repr__(self) -> str:
         return f"<BatchJobQuery {self._fetch()!r}>"

@@ -22,7 +22,7 @@ import datetime as _dt
 
 from ..spool import fsio
 from ..spool.query import Filter, select
-from .query import _as_list, _epoch, _job_id, _kv, fine_states
+from .query import SimpleQuery, _as_list, _epoch, _job_id, _kv, fine_states
 
 SKIP_KEYS = ("t", "job", "to", "from")
 EVENT_FILTERS = ("job_id", "to_state", "from_state", "timestamp_after", "timestamp_before",
@@ -100,19 +100,9 @@ def transitions(layout, ids: set[str] | None = None, tags: dict | None = None) -
     return out
 
 
-class EventLogQuery:
-    def __init__(self, conds: dict | None = None):
-        self._conds = dict(conds or {})
-        self._cache: list | None = None
-
-    def filter(self, **kw) -> "EventLogQuery":
-        for k in kw:
-            if k not in EVENT_FILTERS:
-                raise TypeError(f"unknown event filter {k!r}; known: {', '.join(EVENT_FILTERS)}")
-        return EventLogQuery({**self._conds, **{k: v for k, v in kw.items() if v is not None}})
-
-    def all(self) -> "EventLogQuery":
-        return EventLogQuery(self._conds)
+class EventLogQuery(SimpleQuery):
+    FILTERS = EVENT_FILTERS
+    WHAT = "event filter"
 
     def _fetch(self) -> list[EventLog]:
         if self._cache is None:
@@ -132,17 +122,6 @@ class EventLogQuery:
                            and (before is None or e._t < before)]
         return self._cache
 
-    def __iter__(self):
-        return iter(self._fetch())
-
-    def __len__(self) -> int:
-        return len(self._fetch())
-
-    def __bool__(self) -> bool:
-        return bool(self._fetch())
-
-    def __getitem__(self, i):
-        return self._fetch()[i]
 
     def count(self) -> int:
         return len(self._fetch())

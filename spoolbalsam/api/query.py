@@ -256,7 +256,45 @@ def _meet(a: set | None, b: set | None) -> set | None:
     return a & b
 
 
-class JobQuery:
+class Fetched:
+    """A lazy query's sequence protocol: everything goes through ``self._fetch()``, which
+    reads the spool once and caches the list."""
+
+    def __iter__(self):
+        return iter(self._fetch())
+
+    def __len__(self) -> int:
+        return len(self._fetch())
+
+    def __bool__(self) -> bool:
+        return bool(self._fetch())
+
+    def __getitem__(self, index):
+        return self._fetch()[index]
+
+
+class SimpleQuery(Fetched):
+    """A chainable query over a small collection: ``filter(**kw)`` (names in ``FILTERS``)
+    and ``all()`` return new queries; subclasses implement ``_fetch``."""
+
+    FILTERS: tuple[str, ...] = ()
+    WHAT = "filter"
+
+    def __init__(self, conds: dict | None = None):
+        self._conds = dict(conds or {})
+        self._cache: list | None = None
+
+    def filter(self, **kw):
+        for k in kw:
+            if k not in self.FILTERS:
+                raise TypeError(f"unknown {self.WHAT} {k!r}; known: {', '.join(self.FILTERS)}")
+        return type(self)({**self._conds, **{k: v for k, v in kw.items() if v is not None}})
+
+    def all(self):
+        return type(self)(self._conds)
+
+
+class JobQuery(Fetched):
     """A lazy selection of jobs of one site."""
 
     def __init__(self, manager, cond: Conditions | None = None, excludes: tuple = (),
@@ -320,18 +358,6 @@ class JobQuery:
             make = self._manager.model._from_record
             self._cache = [make(r, layout) for r in self._sorted(list(self._records()))]
         return self._cache
-
-    def __iter__(self):
-        return iter(self._fetch())
-
-    def __len__(self) -> int:
-        return len(self._fetch())
-
-    def __bool__(self) -> bool:
-        return bool(self._fetch())
-
-    def __getitem__(self, index):
-        return self._fetch()[index]
 
     def __repr__(self) -> str:
         jobs = self._fetch()
