@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 import yaml
+from campaign_helpers import _cmdline_has, _merge, _tail, site_pid, submit, write_app  # noqa: F401
 
 PY = sys.executable
 TESTS_DIR = Path(__file__).resolve().parent
@@ -44,14 +45,6 @@ def cli(site: Path | None, *args: Any, timeout: float = 60, check: bool = True,
         raise AssertionError(f"spool {' '.join(argv[3:])} -> rc {proc.returncode}\n"
                              f"stdout: {proc.stdout}\nstderr: {proc.stderr}")
     return proc
-
-
-def _merge(dst: dict, src: dict) -> None:
-    for k, v in src.items():
-        if isinstance(v, dict) and isinstance(dst.get(k), dict) and v:
-            _merge(dst[k], v)
-        else:
-            dst[k] = v
 
 
 def edit_settings(site: Path, changes: dict, replace: tuple[str, ...] = ()) -> dict:
@@ -83,28 +76,7 @@ def init_site(path: Path, machine: str, *init_args: str, settings: dict | None =
     return path
 
 
-def write_app(site: Path, name: str, definition: dict) -> None:
-    path = site / "apps" / f"{name}.yml"
-    tmp = path.with_name(f".{name}.yml.tmp")
-    tmp.write_text(yaml.safe_dump(definition, sort_keys=False))
-    os.replace(tmp, path)
-
-
-def submit(site: Path, jobs: list[dict]) -> list[str]:
-    """Publish jobs in ``jobs/created/`` through the Python API; their ids."""
-    from spoolbalsam.spool.layout import Layout
-    from spoolbalsam.submit import submit_jobs
-    return [r["id"] for r in submit_jobs(Layout(site), jobs, source="test")]
-
-
 # ----------------------------------------------------------------------------- site process
-
-def site_pid(site: Path) -> int | None:
-    try:
-        return int(json.loads((site / "site" / "site.pid").read_text())["pid"])
-    except (FileNotFoundError, ValueError, KeyError):
-        return None
-
 
 def start_site(site: Path, env: dict | None = None) -> int:
     out = cli(site, "site", "start", env=env).stdout
@@ -123,13 +95,6 @@ def alive(pid: int) -> bool:
     try:
         with open(f"/proc/{pid}/stat", "rb") as f:
             return f.read().rsplit(b") ", 1)[1][:1] not in (b"Z", b"X")
-    except OSError:
-        return False
-
-
-def _cmdline_has(pid: int, text: str) -> bool:
-    try:
-        return text in Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
     except OSError:
         return False
 
@@ -266,14 +231,6 @@ def launcher_leases(site: Path, retired: bool = True) -> dict[str, dict]:
 
 
 # ----------------------------------------------------------------------------- waiting
-
-def _tail(path: Path, lines: int) -> str:
-    try:
-        text = path.read_text(errors="replace")
-    except OSError as e:
-        return f"({e})"
-    return "\n".join(text.splitlines()[-lines:])
-
 
 def diagnostics(site: Path, lines: int = 30) -> str:
     """What a human needs to see when a queue test fails (never raises)."""
