@@ -49,3 +49,16 @@ def run(argv: Sequence[str], timeout: float = DEFAULT_TIMEOUT, *, check: bool = 
     if check and proc.returncode != 0:
         raise SchedulerError(argv, proc.returncode, (proc.stderr or "") + (proc.stdout or ""))
     return proc
+
+
+def run_cancel(argv: Sequence[str], timeout: float, classify) -> str | None:
+    """Run a cancel command (qdel, scancel).  None on success; else ``classify(rc, stderr)``
+    says why the job is already gone ("finished", "unknown"), or raises ``SchedulerError``
+    for a real failure, which is re-raised naming the command and its whole output."""
+    proc = run(argv, timeout, check=False)
+    if proc.returncode == 0:
+        return None
+    try:
+        return classify(proc.returncode, proc.stderr)
+    except SchedulerError:
+        raise SchedulerError(argv, proc.returncode, proc.stderr + proc.stdout) from None

@@ -426,11 +426,6 @@ class PbsBackend:
 
     def cancel(self, sched_id: str) -> None:
         argv = qdel_argv(sched_id, qdel=self._cmd("qdel"))
-        proc = cmd.run(argv, self.timeout, check=False)
-        if proc.returncode == 0:
-            return
-        try:
-            why = classify_qdel_error(proc.returncode, proc.stderr)
-        except SchedulerError:
-            raise SchedulerError(argv, proc.returncode, proc.stderr + proc.stdout) from None
-        log.debug("qdel %s: already %s", sched_id, why)
+        why = cmd.run_cancel(argv, self.timeout, classify_qdel_error)
+        if why is not None:
+            log.debug("qdel %s: already %s", sched_id, why)

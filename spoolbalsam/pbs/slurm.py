@@ -406,11 +406,6 @@ class SlurmBackend:
 
     def cancel(self, sched_id: str) -> None:
         argv = scancel_argv(sched_id, scancel=self._cmd("scancel"))
-        proc = cmd.run(argv, self.timeout, check=False)
-        if proc.returncode == 0:
-            return
-        try:
-            why = classify_scancel_error(proc.returncode, proc.stderr)
-        except SchedulerError:
-            raise SchedulerError(argv, proc.returncode, proc.stderr + proc.stdout) from None
-        log.debug("scancel %s: already %s", sched_id, why)
+        why = cmd.run_cancel(argv, self.timeout, classify_scancel_error)
+        if why is not None:
+            log.debug("scancel %s: already %s", sched_id, why)
