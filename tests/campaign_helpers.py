@@ -316,22 +316,14 @@ def max_concurrency(runs: list[dict]) -> int:
 
 def wait_until(fn: Callable[[], Any], done: Callable[[Any], bool], timeout: float, what: str,
                site: Path | None = None, interval: float = 0.1) -> Any:
-    """Call ``fn`` until ``done(value)``; on timeout fail with the values seen and diagnostics."""
-    deadline = time.monotonic() + timeout
-    seen: list[Any] = []
-    while True:
-        value = fn()
-        if not seen or seen[-1] != value:
-            seen.append(value)
-        if done(value):
-            return value
-        if time.monotonic() > deadline:
-            msg = (f"timed out after {timeout:g} s waiting for {what}; saw: "
-                   + " -> ".join(repr(v) for v in seen[-6:]))
-            if site is not None:
-                msg += "\n" + diagnostics(site)
-            raise AssertionError(msg)
-        time.sleep(interval)
+    """``sched_fixtures.poll_until``; on timeout the failure also shows the site's logs."""
+    from sched_fixtures import poll_until
+    try:
+        return poll_until(fn, done, timeout, interval, what)
+    except AssertionError as e:
+        if site is None:
+            raise
+        raise AssertionError(f"{e}\n{diagnostics(site)}") from None
 
 
 def _tail(path: Path, lines: int) -> str:

@@ -25,7 +25,9 @@ from pathlib import Path
 from typing import Any, Callable
 
 import yaml
-from campaign_helpers import _cmdline_has, _merge, _tail, site_pid, submit, write_app  # noqa: F401
+from campaign_helpers import (_cmdline_has, _merge, _tail, reap_leftovers,  # noqa: F401
+                              site_pid, submit, write_app)
+from spoolbalsam.spool.lease import pid_alive as alive
 
 PY = sys.executable
 TESTS_DIR = Path(__file__).resolve().parent
@@ -85,20 +87,6 @@ def start_site(site: Path, env: dict | None = None) -> int:
     return pid
 
 
-def alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            return f.read().rsplit(b") ", 1)[1][:1] not in (b"Z", b"X")
-    except OSError:
-        return False
-
-
 def stop_site(site: Path, pid: int | None) -> None:
     """``spool site stop``; if that fails, SIGKILL the pid our own start reported."""
     try:
@@ -107,26 +95,6 @@ def stop_site(site: Path, pid: int | None) -> None:
         pass
     if pid and alive(pid) and _cmdline_has(pid, str(site)):
         os.kill(pid, signal.SIGKILL)
-
-
-def reap_leftovers(site: Path) -> list[int]:
-    """SIGKILL, by pid, processes whose environment holds SPOOL_SITE=<site>."""
-    key = f"SPOOL_SITE={site}".encode()
-    killed = []
-    for d in Path("/proc").iterdir():
-        if not d.name.isdigit() or int(d.name) == os.getpid():
-            continue
-        try:
-            env = (d / "environ").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        if key in env:
-            try:
-                os.kill(int(d.name), signal.SIGKILL)
-                killed.append(int(d.name))
-            except ProcessLookupError:
-                pass
-    return killed
 
 
 def slurm_id(sched_id: str) -> str:
@@ -301,22 +269,14 @@ def xfail_on_scheduler_race(site: Path, ids) -> None:
 
 def wait_until(fn: Callable[[], Any], done: Callable[[Any], bool], timeout: float, what: str,
                site: Path | None = None, interval: float = 0.2) -> Any:
-    """Call ``fn`` until ``done(value)``; on timeout fail with the values seen and diagnostics."""
-    deadline = time.monotonic() + timeout
-    seen: list[Any] = []
-    while True:
-        value = fn()
-        if not seen or seen[-1] != value:
-            seen.append(value)
-        if done(value):
-            return value
-        if time.monotonic() > deadline:
-            msg = (f"timed out after {timeout:g} s waiting for {what}; saw: "
-                   + " -> ".join(repr(v) for v in seen[-6:]))
-            if site is not None:
-                msg += "\n" + diagnostics(site)
-            raise AssertionError(msg)
-        time.sleep(interval)
+    """``sched_fixtures.poll_until``; on timeout the failure also shows the site's logs."""
+    from sched_fixtures import poll_until
+    try:
+        return poll_until(fn, done, timeout, interval, what)
+    except AssertionError as e:
+        if site is None:
+            raise
+        raise AssertionError(f"{e}\n{diagnostics(site)}") from None
 
 
 def emulator_env(home: Path) -> dict:

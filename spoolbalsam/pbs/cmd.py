@@ -62,3 +62,14 @@ def run_cancel(argv: Sequence[str], timeout: float, classify) -> str | None:
         return classify(proc.returncode, proc.stderr)
     except SchedulerError:
         raise SchedulerError(argv, proc.returncode, proc.stderr + proc.stdout) from None
+
+
+def run_parsed(argv: Sequence[str], timeout: float, parse, cwd=None):
+    """Run a command and return ``parse(stdout)``; output the parser refuses becomes a
+    ``SchedulerError`` naming the command and showing what it printed."""
+    proc = run(argv, timeout, cwd=cwd)
+    try:
+        return parse(proc.stdout)
+    except SchedulerError as exc:
+        raise SchedulerError(argv, proc.returncode, proc.stdout + proc.stderr,
+                             reason=exc.reason) from None

@@ -389,12 +389,7 @@ class PbsBackend:
         argv = qsub_argv(script, queue=queue, project=project, num_nodes=num_nodes,
                          wall_time_min=wall_time_min, job_name=job_name,
                          output=output_path(script), extra=extra, qsub=self._cmd("qsub"))
-        proc = cmd.run(argv, self.timeout, cwd=cwd)
-        try:
-            return parse_qsub_output(proc.stdout)
-        except SchedulerError as exc:
-            raise SchedulerError(argv, proc.returncode, proc.stdout + proc.stderr,
-                                 reason=exc.reason) from None
+        return cmd.run_parsed(argv, self.timeout, parse_qsub_output, cwd=cwd)
 
     def _qstat(self, ids: Sequence[str], history: bool) -> tuple[int, str, str]:
         proc = cmd.run(qstat_argv(ids, history=history, qstat=self._cmd("qstat")),

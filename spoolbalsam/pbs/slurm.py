@@ -336,12 +336,7 @@ class SlurmBackend:
         argv = sbatch_argv(script, queue=queue, project=project, num_nodes=num_nodes,
                            wall_time_min=wall_time_min, job_name=job_name,
                            output=output_path(script), extra=extra, sbatch=self._cmd("sbatch"))
-        proc = cmd.run(argv, self.timeout, cwd=cwd)
-        try:
-            return parse_sbatch_parsable(proc.stdout)
-        except SchedulerError as exc:
-            raise SchedulerError(argv, proc.returncode, proc.stdout + proc.stderr,
-                                 reason=exc.reason) from None
+        return cmd.run_parsed(argv, self.timeout, parse_sbatch_parsable, cwd=cwd)
 
     def _squeue(self, ids: list[str]) -> dict[str, SchedStatus]:
         argv = squeue_argv(ids, squeue=self._cmd("squeue"))
