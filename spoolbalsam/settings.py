@@ -32,7 +32,7 @@ DEFAULTS: dict = {
         "mpi_flavour": None,          # pals | hydra | srun
         "max_mpiexec_per_batch_job": None,
         "max_concurrent_mpiruns": None,
-        "prefetch": 64,               # ready candidates a launcher reads ahead per bucket
+        "prefetch": None,             # ready candidates read ahead (null: 2 x the allocation's cores, 16..4096)
         "default_launch_params": {},  # launch_params every job gets (its own win), e.g. srun overlap
     },
     "scheduler": {
@@ -80,7 +80,7 @@ def _id_list(v):
 # Keys whose default is null ("the machine's value") but whose value, when given, has a type.
 OPTIONAL = {"launcher.cpus_per_node": _whole(1), "launcher.gpu_ids": _id_list,
             "launcher.max_mpiexec_per_batch_job": _whole(1),
-            "launcher.max_concurrent_mpiruns": _whole(1)}
+            "launcher.max_concurrent_mpiruns": _whole(1), "launcher.prefetch": _whole(1)}
 FREE_MAPPINGS = {"filter_tags", "scheduler.allowed_queues", "scheduler.optional_batch_job_params",
                  "launcher.default_launch_params"}
 

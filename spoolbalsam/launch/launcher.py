@@ -76,7 +76,10 @@ class Launcher:
         self.margin = lset.get("walltime_margin_min", 1.0) * 60
         self.tail_lines = lset.get("error_tail_num_lines", 10)
         self.hook_timeout = 300.0
-        self.prefetch = lset.get("prefetch", 64)
+        # Candidates read ahead: enough to fill every free core twice over, few enough that
+        # the per-tick pass over them stays cheap when jobs are short.
+        cores = sum(len(n.cpu_ids) for n in nodes)
+        self.prefetch = lset.get("prefetch") or min(max(16, 2 * cores), 4096)
         budget = os.environ.get("SPOOL_MPIEXEC_BUDGET")   # a serial worker's share
         self.max_mpiexec = int(budget) if budget else machine.max_mpiexec_per_batch_job
         self.max_concurrent = machine.max_concurrent_mpiruns
@@ -101,7 +104,7 @@ class Launcher:
         self.buckets: list[str] = []
         self.skip: set[str] = set()             # never claimable here (tags, size)
         self.passed: dict[str, int] = {}
-        self.parsed: dict[Path, tuple[dict, Request]] = {}   # candidate -> (record, request)
+        self.parsed: dict[Path, tuple[dict, Request, float]] = {}   # -> (record, request, wall)
         self.next_scan = 0.0
         self.idle_since = time.monotonic()
         self.launches = 0
@@ -257,11 +260,12 @@ class Launcher:
 
     def _verdict(self, run: runner.Running, rc: int):
         rec = run.record
+        app = self.apps.get(rec["app"])
         details = {"return_code": rc, "ended_at": time.time(), "started_at": run.started_at,
                    "host": run.placement.hosts[0], "placement": run.placement.to_json(),
-                   "affinity": rec.get("affinity") or {},
-                   **pyapp.result_fields(run.out.parent, rec)}
-        app = self.apps.get(rec["app"])
+                   "affinity": rec.get("affinity") or {}}
+        if app is not None and app.python_class:       # only a run() app leaves a result
+            details.update(pyapp.result_fields(run.out.parent, rec))
         if rc == 0 and not run.timed_out:
             rec = self.emit(rec, S.RUN_DONE, **details)
             hook, kind, msg = "postprocess", None, None
@@ -366,8 +370,9 @@ class Launcher:
             slots = left if slots is None else min(slots, left)
         return None if slots is None else max(slots, 0)
 
-    def _candidate(self, path: Path, time_left_min: float) -> tuple[dict, Request] | None:
-        """(record, request) of a ready candidate, parsed once and cached; None to pass it."""
+    def _candidate(self, path: Path, time_left_min: float) -> tuple[dict, Request, float] | None:
+        """(record, request, wall_time_min) of a ready candidate, parsed and checked once and
+        cached; None to pass it (and it is never looked at again if it can never run here)."""
         got = self.parsed.get(path)
         if got is None:
             try:
@@ -384,8 +389,11 @@ class Launcher:
                          rec["id"], reason)
                 self.skip.add(path.name)
                 return None
-            got = self.parsed[path] = (rec, req)
-        if self._unsuitable(got[0], time_left_min):
+            if not self._tags_match(rec):
+                self.skip.add(path.name)
+                return None
+            got = self.parsed[path] = (rec, req, rec.get("wall_time_min") or 0)
+        if got[2] and got[2] > time_left_min:
             self.skip.add(path.name)     # time left only shrinks: never here
             del self.parsed[path]
             return None
@@ -448,15 +456,9 @@ class Launcher:
             out["tile_hierarchy"] = self.machine.tile_hierarchy
         return out
 
-    def _unsuitable(self, rec: dict, time_left_min: float) -> str | None:
+    def _tags_match(self, rec: dict) -> bool:
         tags = rec.get("tags") or {}
-        for k, v in self.filter_tags.items():
-            if tags.get(k) != v:
-                return "tags"
-        wall = rec.get("wall_time_min") or 0
-        if wall and wall > time_left_min:
-            return "too long"
-        return None
+        return all(tags.get(k) == v for k, v in self.filter_tags.items())
 
     def _start(self, path: Path, placement, expected: Request | None = None) -> None:
         job_id = path.name[:-5]

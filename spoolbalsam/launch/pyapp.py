@@ -110,7 +110,8 @@ def is_run_app(site_root: Path, app) -> bool:
 def read_result(workdir: Path, rec: dict) -> dict | None:
     """``job.result.json`` of ``rec``'s attempt, or None (absent, another job's, older)."""
     try:
-        data = fsio.read_json(Path(workdir) / RESULT_FILE)
+        # written atomically by the job before it exited: absent means none, no retry
+        data = fsio.read_json(Path(workdir) / RESULT_FILE, retry=False)
     except (FileNotFoundError, NotADirectoryError, ValueError):
         return None
     if not isinstance(data, dict) or data.get("job") != rec.get("id"):

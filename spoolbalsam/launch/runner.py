@@ -46,10 +46,20 @@ class Running:
             self.pidfd = None
 
 
+_BASE_ENV: dict[int, tuple[App, dict]] = {}
+
+
+def _base_environment(app: App) -> dict:
+    """This process's environment with the app's variables, built once per app object."""
+    got = _BASE_ENV.get(id(app))
+    if got is None or got[0] is not app:
+        got = _BASE_ENV[id(app)] = (app, {**os.environ, **app.environment_variables})
+    return got[1]
+
+
 def job_environment(rec: dict, app: App, site_root: Path, workdir: Path, machine,
                     gpus: tuple[str, ...]) -> dict:
-    env = dict(os.environ)
-    env.update(app.environment_variables)
+    env = dict(_base_environment(app))
     env.update(SPOOL_JOB_ID=rec["id"], SPOOL_SITE=str(site_root),
                SPOOL_ATTEMPT=str(rec.get("attempt", 1)), SPOOL_WORKDIR=str(workdir),
                OMP_NUM_THREADS=str(rec.get("threads_per_rank", 1)))

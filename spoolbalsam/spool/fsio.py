@@ -181,21 +181,23 @@ def rename_quiet(src: Path, dst: Path) -> bool:
         return False
 
 
-def read_bytes(path: Path) -> bytes:
+def read_bytes(path: Path, retry: bool = True) -> bytes:
+    """The file's bytes; with ``retry``, one more try 1 ms after ENOENT/ESTALE (a name that
+    a rename is moving).  ``retry=False`` for files whose absence is the normal case."""
     try:
         with open(path, "rb") as f:
             return f.read()
     except OSError as e:
-        if e.errno not in _RETRY_ERRNOS:
+        if not retry or e.errno not in _RETRY_ERRNOS:
             raise
         time.sleep(0.001)
         with open(path, "rb") as f:
             return f.read()
 
 
-def read_json(path: Path):
+def read_json(path: Path, retry: bool = True):
     """Read a published JSON file; retry once on a vanished name or a torn read."""
-    data = read_bytes(path)
+    data = read_bytes(path, retry)
     try:
         return orjson.loads(data)
     except orjson.JSONDecodeError:

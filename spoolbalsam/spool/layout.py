@@ -61,11 +61,15 @@ class Layout:
 
     def job_path(self, state: str, job_id: str, launcher: str | None = None) -> Path:
         """Where job ``job_id`` lives in ``state`` (a directory name)."""
+        return Path(self.job_file(state, job_id, launcher))
+
+    def job_file(self, state: str, job_id: str, launcher: str | None = None) -> str:
+        """``job_path`` as a string (for hot paths that only hand it to the kernel)."""
         if state == "running":
-            return self.root / "jobs" / "running" / launcher / f"{job_id}.json"
+            return f"{self.root}/jobs/running/{launcher}/{job_id}.json"
         if state in SHARDED_DIRS:
-            return self.root / "jobs" / state / shard(job_id) / f"{job_id}.json"
-        return self.root / "jobs" / state / f"{job_id}.json"
+            return f"{self.root}/jobs/{state}/{shard(job_id)}/{job_id}.json"
+        return f"{self.root}/jobs/{state}/{job_id}.json"
 
     @property
     def created(self) -> Path:

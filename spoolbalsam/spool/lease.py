@@ -52,8 +52,12 @@ def read_lease(path: Path) -> dict | None:
 def proc_start(pid: int) -> str | None:
     """The kernel's start time of ``pid`` (tells a live process from a reused pid)."""
     try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            return f.read().rsplit(b") ", 1)[1].split()[19].decode()
+        fd = os.open(f"/proc/{pid}/stat", os.O_RDONLY)
+        try:
+            data = os.read(fd, 4096)
+        finally:
+            os.close(fd)
+        return data.rsplit(b") ", 1)[1].split()[19].decode()
     except (OSError, IndexError):
         return None
 

@@ -56,18 +56,18 @@ class Store:
         directory it is moving to.  Bulk callers pass one ``limbo_index()`` for many lookups;
         otherwise the limbos are listed only when the job is found nowhere else.
         """
-        lay = self.layout
+        lay, exists = self.layout, os.path.exists
         for state in SHARDED_DIRS:
-            p = lay.job_path(state, job_id)
-            if p.exists():
-                return state, p
+            p = lay.job_file(state, job_id)
+            if exists(p):
+                return state, Path(p)
         for launcher in fsio.list_dirs(lay.running):
-            p = lay.running / launcher / f"{job_id}.json"
-            if p.exists():
-                return "running", p
-        p = lay.created / f"{job_id}.json"
-        if p.exists():
-            return "created", p
+            p = lay.job_file("running", job_id, launcher)
+            if exists(p):
+                return "running", Path(p)
+        p = lay.job_file("created", job_id)
+        if exists(p):
+            return "created", Path(p)
         if limbo is None:
             limbo = self.limbo_index()
         return limbo.get(job_id)
