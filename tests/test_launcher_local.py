@@ -127,6 +127,19 @@ def test_launcher_exits_after_idle_ttl_and_says_goodbye(site):
     assert not (site / "jobs" / "running" / lid).exists()
 
 
+def test_an_idle_launcher_looks_in_every_bucket_before_it_exits(site):
+    # 256 buckets and a single job: a launcher that gave up after a few empty buckets
+    # would exit idle at once (idle_ttl 0) and leave the job in ready/.
+    for b in range(256):
+        (site / "jobs" / "ready" / f"{b:02x}").mkdir(parents=True, exist_ok=True)
+    drop(site, "lone.json", job(workdir="idle/lone"))
+    site_obj(site).intake()
+    assert locate(site, "lone") == "ready"
+    proc = start_launcher(site, idle_ttl=0)
+    wait_for(lambda: proc.poll() is not None, 30, "launcher exit")
+    assert locate(site, "lone") == "done"
+
+
 def _job_pids(site, ids):
     pids = {}
     for pid in site_pids(site):

@@ -107,6 +107,8 @@ class Launcher:
         self.parsed: dict[Path, tuple[dict, Request, float]] = {}   # -> (record, request, wall)
         self.next_scan = 0.0
         self.idle_since = time.monotonic()
+        self.round_start = self.round_found = None   # the current pass over ready/'s buckets
+        self.empty_round_at = float("-inf")     # start of the last pass that found nothing
         self.launches = 0
         self.mpiexecs = 0                       # launches through mpiexec/srun (the budget)
         self.finished = 0
@@ -154,7 +156,10 @@ class Launcher:
         if self.draining and not self.running:
             self.exit_reason = self.draining
             return False
-        if not self.running and not self.cands and now - self.idle_since >= self.idle_ttl:
+        # Idle means: nothing ran for idle_ttl and a whole pass over ready/ that began after
+        # the last job ended found nothing to claim (one look at a few buckets is not enough).
+        if (not self.running and not self.cands and now - self.idle_since >= self.idle_ttl
+                and self.empty_round_at >= self.idle_since):
             if self._drops_pending():
                 self.idle_since = now    # the site is still taking jobs in: wait for them
             else:
@@ -337,10 +342,14 @@ class Launcher:
         if now < self.next_scan:
             return
         scanned = 0
-        while len(self.cands) < self.prefetch and scanned < MAX_SCAN_BUCKETS:
+        # with jobs running, a few buckets per tick keep reaping prompt; idle, a whole pass
+        limit = MAX_SCAN_BUCKETS if self.running else 1 << 30
+        while len(self.cands) < self.prefetch and scanned < limit:
             if not self.buckets:
                 self.buckets = self.store.ready_buckets()
+                self.round_start, self.round_found = now, False
                 if not self.buckets:
+                    self.empty_round_at = now
                     break
             names = self.store.ready_names(self.buckets.pop())
             scanned += 1
@@ -348,12 +357,17 @@ class Launcher:
             # listed again; it must appear once, or choose() would place it twice.
             have = set(self.cands)
             room = self.prefetch - len(self.cands)
-            self.cands.extend([p for p in names if p.name not in self.skip and p not in have
-                               and p.name[:-5] not in self.running][:room])
+            new = [p for p in names if p.name not in self.skip and p not in have
+                   and p.name[:-5] not in self.running][:room]
+            if new:
+                self.cands.extend(new)
+                self.round_found = True
             if not self.buckets:
+                if not self.round_found:
+                    self.empty_round_at = self.round_start
                 break                  # a full round: let the loop run before another
-        if not self.cands:
-            self.next_scan = now + IDLE_SCAN_SEC
+        if not self.cands and not self.buckets:
+            self.next_scan = now + IDLE_SCAN_SEC     # a whole pass found nothing: back off
 
     def budget_left(self) -> int | None:
         if self.max_mpiexec is None:
