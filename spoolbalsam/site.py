@@ -35,7 +35,7 @@ import orjson
 from .spool import states as S
 from .apps import AppRegistry
 from .spool import fsio
-from .spool.events import apply_event, event_logs, merge_state, save_merge_state
+from .spool.events import apply_event, event_logs, merge_state, save_merge_state, settled_prefix
 from .spool.ids import new_id, valid_id
 from .spool.layout import Layout
 from .spool.lease import DEAD, EXITED, LeaseJudge, read_lease
@@ -103,6 +103,7 @@ class Site:
         self.limbo = layout.site_dir / "limbo"
         self.judge = LeaseJudge(settings.get("lease_stale_sec", 60.0))
         self.offsets, self.unsettled = merge_state(layout)
+        self.half_seen: dict[tuple[str, int], float] = {}   # (log, offset) -> first seen
         self.children: dict[str, set[str]] = {}
         self.events = fsio.AppendLog(layout.site_dir / "events.jsonl")
         self.machine = machine
@@ -302,9 +303,19 @@ class Site:
         before = len(self.unsettled)
         merged = self._merge_unsettled(batch, settled)
         changed = len(self.unsettled) != before
+        half_seen: dict[tuple[str, int], float] = {}
         for launcher, path in event_logs(self.layout).items():
             start = self.offsets.get(launcher, 0)
-            events, end = fsio.read_lines_from(path, start)
+            lines, end = fsio.read_lines_at(path, start)
+            events = [ev for ev, _ in lines]
+            keep = settled_prefix(events)
+            if keep < len(events):
+                # a run end seen without its outcome: stop before it, unless it has stayed
+                # alone for a whole settle period (a launcher gone mid-write), then move on
+                key = (launcher, lines[keep][1])
+                first = half_seen[key] = self.half_seen.get(key, time.monotonic())
+                if time.monotonic() - first < SETTLE_PERIOD:
+                    events, end = events[:keep], (lines[keep - 1][1] if keep else start)
             if end == start:
                 continue
             by_job: dict[str, list[dict]] = {}
@@ -316,6 +327,7 @@ class Site:
                     merged += self._merge_final(job_id, evs, batch, settled)
             self.offsets[launcher] = end
             changed = True
+        self.half_seen = half_seen
         batch.commit()
         if changed:
             save_merge_state(self.layout, self.offsets, self.unsettled)

@@ -223,6 +223,32 @@ def test_jobs_held_by_a_site_killed_mid_merge_stay_visible_to_readers(site, monk
     assert shown == ["vis"]
 
 
+def test_a_run_end_read_without_its_outcome_is_merged_with_it_later(site):
+    from spoolbalsam.spool.store import Store
+    # A reader can see a launcher's write half done (RUN_DONE visible, the JOB_FINISHED
+    # written with it not yet); the site must not consume the run end alone, or the
+    # return code and times are lost when JOB_FINISHED arrives by itself.
+    drop(site, "torn.json", job(workdir="torn/1"))
+    s = site_obj(site)
+    s.intake()
+    lay = s.layout
+    claimed = Store(lay).claim(lay.job_path("ready", "torn"), "L1")
+    path = lay.launcher_dir("L1") / "events.jsonl"
+    run_done = {"t": 1.0, "job": "torn", "attempt": 1, "to": "RUN_DONE", "return_code": 0,
+                "started_at": 0.5, "ended_at": 1.0, "by": "L1"}
+    finished = {"t": 2.0, "job": "torn", "attempt": 1, "to": "JOB_FINISHED", "by": "L1"}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(json.dumps(run_done).encode() + b"\n")
+    s.merge()
+    Store.move(claimed, lay.job_path("done", "torn"))
+    with open(path, "ab") as f:
+        f.write(json.dumps(finished).encode() + b"\n")
+    s.merge()
+    rec = record(site, "torn")
+    assert rec["state"] == "JOB_FINISHED" and rec["return_code"] == 0
+    assert [h["to"] for h in rec["history"]][-3:] == ["RUNNING", "RUN_DONE", "JOB_FINISHED"]
+
+
 # A launcher killed (a real SIGKILL, sent by itself) the instant after it started a job's
 # process, before it could log anything about it.
 KILLED_AFTER_START = """

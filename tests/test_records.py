@@ -203,3 +203,14 @@ def test_retry_policy_retries_then_fails():
     assert rec["attempt"] == 3 and "retry policy spent" in rec["error"]
     # the job's own retry overrides the app's
     assert policy_for(App, dict(rec, retry={"errors": 0}))["errors"] == 0
+
+
+def test_settled_prefix_stops_before_a_run_end_without_its_outcome():
+    from spoolbalsam.spool.events import settled_prefix
+    ev = lambda job, to: {"job": job, "to": to, "t": 1.0}   # noqa: E731
+    whole = [ev("a", "RUNNING"), ev("a", "RUN_DONE"), ev("a", "JOB_FINISHED"), ev("b", "RUNNING")]
+    assert settled_prefix(whole) == 4
+    torn = [ev("a", "RUNNING"), ev("b", "RUN_ERROR"), ev("a", "RUN_DONE"), ev("b", "READY")]
+    assert settled_prefix(torn) == 2            # a's RUN_DONE has no outcome yet
+    assert settled_prefix([ev("a", "RUN_TIMEOUT")]) == 0
+    assert settled_prefix([{"zombie": True, "job": "a"}]) == 1

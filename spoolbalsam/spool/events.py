@@ -48,6 +48,28 @@ def apply_event(rec: dict, ev: dict) -> dict:
     return transition(rec, ev["to"], ev.get("by", "?"), ev.get("msg"), t=ev["t"], **fields)
 
 
+def settled_prefix(events: list[dict]) -> int:
+    """How many of ``events`` (one launcher's, in log order) can be merged now.
+
+    # race: a launcher writes a job's run end and its outcome (RUN_DONE + JOB_FINISHED,
+    # RUN_ERROR + READY/FAILED, ...) in one write, but a reader can see that write half
+    # done: a write that crosses a page boundary becomes visible page by page.  The
+    # details live in the run end (return code, times, host), so a run end whose outcome
+    # is not in the same read must not be consumed alone: the prefix stops before it and
+    # the next read starts there (merging is idempotent, so what follows is merged again).
+    """
+    open_end: dict[str, int] = {}          # job -> index of a run end still without outcome
+    for i, ev in enumerate(events):
+        job = ev.get("job")
+        if job is None or "to" not in ev:
+            continue
+        if ev["to"] in RUN_ENDS:
+            open_end.setdefault(job, i)
+        else:
+            open_end.pop(job, None)
+    return min(open_end.values(), default=len(events))
+
+
 def event_logs(layout: Layout) -> dict[str, Path]:
     """Every launcher's event log, by launcher id."""
     return {name: layout.launchers / name / "events.jsonl"

@@ -262,23 +262,30 @@ class AppendLog:
 
 def read_lines_from(path: Path, offset: int) -> tuple[list[dict], int]:
     """Complete JSON lines of ``path`` after byte ``offset``; returns (events, new offset)."""
+    lines, end = read_lines_at(path, offset)
+    return [ev for ev, _ in lines], end
+
+
+def read_lines_at(path: Path, offset: int) -> tuple[list[tuple[dict, int]], int]:
+    """([(event, offset just past its line)], new offset) for the complete JSON lines of
+    ``path`` after ``offset``.  A trailing line without its newline is left for next time
+    (it is still being written); a corrupt complete line is skipped, never fatal."""
     try:
         with open(path, "rb") as f:
             f.seek(offset)
             data = f.read()
     except FileNotFoundError:
         return [], offset
-    end = data.rfind(b"\n")
-    if end < 0:
-        return [], offset
-    events = []
-    for line in data[: end + 1].splitlines():
+    out: list[tuple[dict, int]] = []
+    pos = 0
+    while (nl := data.find(b"\n", pos)) >= 0:
+        line, pos = data[pos:nl], nl + 1
         if line:
             try:
-                events.append(orjson.loads(line))
+                out.append((orjson.loads(line), offset + pos))
             except orjson.JSONDecodeError:
-                continue  # a corrupt line is skipped, never fatal
-    return events, offset + end + 1
+                continue
+    return out, offset + pos
 
 
 def iter_json_files(directory: Path) -> Iterator[tuple[Path, dict]]:
