@@ -395,7 +395,7 @@ def job_rm(ctx, ids, state, tag, all_, yes):
 def job_retry(ctx, ids):
     """Put failed jobs back to ready (attempt + 1, retry counts reset)."""
     from .spool.record import transition
-    from .spool.store import Store
+    from .spool.store import Store, read_job
     from .spool.states import RESTART_READY
     layout = _site(ctx)
     store = Store(layout)
@@ -405,7 +405,7 @@ def job_retry(ctx, ids):
         if not loc or loc[0] != "failed":
             where = f"in jobs/{loc[0]}/" if loc else "nowhere"
             raise UserError(f"job {job_id} is {where}; only failed jobs can be retried")
-        rec = fsio.read_json(loc[1])
+        rec = read_job(loc[1], loc[0])
         new = transition(rec, RESTART_READY, "spool job retry", "retried by user",
                          attempt=rec.get("attempt", 1) + 1, error=None,
                          retries={"errors": 0, "timeouts": 0})

@@ -26,6 +26,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import stat
 import threading
 import time
 from pathlib import Path
@@ -41,8 +42,8 @@ from .spool.layout import Layout
 from .spool.lease import DEAD, EXITED, LeaseJudge, read_lease
 from .intake import check_job
 from .spool.policy import after_failure, policy_for
-from .spool.record import InvalidJob, normalize, transition
-from .spool.store import Store
+from .spool.record import InvalidJob, normalize, transition, user_view
+from .spool.store import Store, read_job
 
 log = logging.getLogger("spoolbalsam.site")
 INTAKE_BATCH = 500       # drops published per commit: launchers start on the first batch
@@ -54,7 +55,7 @@ FINAL = (S.JOB_FINISHED, S.FAILED)
 def _parents_first(parsed: list) -> list:
     """The drops of one batch ordered so that a parent dropped with its child comes first
     (a cycle is left in file order; check_job then rejects the child naming its parent)."""
-    ids = {rec["id"] for _, _, rec in parsed}
+    ids = {e[2]["id"] for e in parsed}
     done: set[str] = set()
     out, rest = [], list(parsed)
     while rest:
@@ -200,31 +201,43 @@ class Site:
         held = self._take_drops(limit)
         if not held:
             return 0
-        parsed = []                              # (src, name, record) of well-formed drops
+        parsed = []                 # (src, name, record, as dropped?) of well-formed drops
         for src in held:
             name = src.name.split("~", 1)[1]
             try:
-                parsed.append((src, name, self._parse(src, name)))
+                parsed.append((src, name, *self._parse(src, name)))
             except FileNotFoundError:
                 continue
             except InvalidJob as e:
                 self._reject(src, name, str(e))
         batch = fsio.Batch(self.layout.jobs)
         published: dict[str, str] = {}           # id -> directory, for this batch
-        taken: list[Path] = []
+        taken: list[Path] = []                   # drops to delete once the batch is in
+        count = 0
         limbo = self.store.limbo_index()
-        for src, name, rec in _parents_first(parsed):
+        for src, name, rec, canonical in _parents_first(parsed):
             try:
                 rec, where = check_job(rec, f"jobs/created/{name}", self.apps, self.store,
                                        self.machine, published, limbo, intake=True)
             except InvalidJob as e:
                 self._reject(src, name, str(e))
                 continue
-            taken.append(src)
             if rec is None:                      # already published before a crash
+                taken.append(src)
+                count += 1
                 continue
-            batch.add_json(self.layout.job_path(where, rec["id"]), rec)
+            if canonical and where == "ready":
+                # Published as dropped: the file already is the record's user view, so it
+                # becomes the record by rename, dated by its mtime (record.published_as_
+                # dropped) -- no new file and nothing to delete.  A crash before the
+                # batch's commit leaves it held here; the next intake publishes it again.
+                os.utime(src)
+                batch.add_rename(src, self.layout.job_path(where, rec["id"]))
+            else:
+                taken.append(src)
+                batch.add_json(self.layout.job_path(where, rec["id"]), rec)
             published[rec["id"]] = where
+            count += 1
             if where == "waiting":
                 for p in rec["parent_ids"]:
                     self.children.setdefault(p, set()).add(rec["id"])
@@ -237,7 +250,7 @@ class Site:
         for job_id, where in published.items():
             if where == "waiting":
                 self._settle_waiting(job_id)
-        return len(taken)
+        return count
 
     def _take_drops(self, limit: int) -> list[Path]:
         """Move up to ``limit`` dropped files into ``site/intake/`` and return them there.
@@ -258,11 +271,12 @@ class Site:
                 held.append(dst)
         return held
 
-    def _parse(self, src: Path, name: str) -> dict:
+    def _parse(self, src: Path, name: str) -> tuple[dict, bool]:
+        """(record, whether the file is exactly its user view and can be published as is)."""
         source = f"jobs/created/{name}"
         try:
-            st = src.stat()
-            if not src.is_file():
+            st = os.stat(src)
+            if not stat.S_ISREG(st.st_mode):
                 raise InvalidJob(source, None, "not a regular file; drop one JSON file per job")
             data = fsio.read_bytes(src)
         except FileNotFoundError:
@@ -279,8 +293,9 @@ class Site:
         # in again after a crash finds the job it already became (see check_job).
         default = stem if valid_id(stem) else new_id(st.st_mtime_ns // 1_000_000, digest)
         rec = normalize(raw, source, default_id=default)
+        canonical = raw == user_view(rec)
         rec["intake_digest"] = digest.hex()[:16]
-        return rec
+        return rec, canonical
 
     def _reject(self, src: Path, name: str, reason: str) -> None:
         stamp = time.strftime("%Y%m%dT%H%M%S")
@@ -346,7 +361,7 @@ class Site:
         where = "done" if evs[-1]["to"] == S.JOB_FINISHED else "failed"
         path = self.layout.job_path(where, job_id)
         try:
-            rec = fsio.read_json(path)
+            rec = read_job(path, where, retry=False)   # absent: not renamed yet, see above
         except FileNotFoundError:
             self.unsettled[job_id] = self.unsettled.get(job_id, []) + evs
             return 0
@@ -432,7 +447,7 @@ class Site:
         for name in names:
             src = rdir / name
             try:
-                rec = fsio.read_json(src)
+                rec = read_job(src, "running")
             except FileNotFoundError:
                 continue
             n += self._revoke_job(src, rec, launcher, why)

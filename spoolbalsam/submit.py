@@ -12,16 +12,12 @@ from .apps import AppRegistry
 from .intake import check_job
 from .spool import fsio
 from .spool.layout import Layout
-from .spool.record import USER_FIELDS, InvalidJob, normalize
+from .spool.record import InvalidJob, normalize, user_view
 from .spool.store import Store
 
 
 class SubmitError(ValueError):
     pass
-
-
-def user_view(rec: dict) -> dict:
-    return {"id": rec["id"], **{k: rec[k] for k in USER_FIELDS if k in rec}}
 
 
 def submit_jobs(layout: Layout, raws: list, source: str = "submit", machine=None) -> list[dict]:

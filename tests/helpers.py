@@ -23,7 +23,7 @@ from click.testing import CliRunner
 from spoolbalsam.cli import cli
 from spoolbalsam.spool import fsio
 from spoolbalsam.spool.layout import Layout
-from spoolbalsam.spool.store import Store
+from spoolbalsam.spool.store import Store, read_job
 
 PY = sys.executable
 REPO = Path(__file__).resolve().parent.parent
@@ -244,12 +244,12 @@ def locate(site: Path, job_id: str) -> str | None:
 def record(site: Path, job_id: str) -> dict:
     loc = Store(layout(site)).locate(job_id)
     assert loc, f"job {job_id} not found in {site}"
-    return json.loads(loc[1].read_text())
+    return read_job(loc[1], loc[0])
 
 
 def records(site: Path, state: str) -> list[dict]:
     """Records on disk in a state directory (done, ready, running, ...)."""
-    return [json.loads(p.read_text()) for _, p in Store(layout(site)).iter_dir(state)]
+    return [read_job(p, state) for _, p in Store(layout(site)).iter_dir(state)]
 
 
 def ids_in(site: Path, state: str) -> list[str]:

@@ -14,10 +14,11 @@ from pathlib import Path
 import pytest
 
 from spoolbalsam.spool import fsio
+from spoolbalsam.spool.record import user_view
 
 from helpers import (pending_drops, counts, drop, ids_in, job, locate, make_site, pid_alive, reap_site_processes,
                      record, rejected_entries, site_info, site_obj, spool, start_site, stop_site,
-                     wait_for)
+                     wait_for, start_launcher)
 
 
 @pytest.fixture(scope="module")
@@ -281,3 +282,42 @@ def test_a_file_dropped_again_under_the_same_name_during_intake_is_not_lost(site
     assert record(site, "again")["workdir"] == "again/first"
     assert rejected_entries(site).get("again.json", (None,))[0] == second, \
         "the second drop vanished"
+
+
+def test_a_canonical_drop_is_published_as_is_and_reads_like_a_rewritten_one(site):
+    from spoolbalsam.spool.layout import Layout
+    from spoolbalsam.spool.query import Filter, select
+    from spoolbalsam.submit import submit_jobs
+    lay = Layout(site)
+    [api] = submit_jobs(lay, [job(workdir="as/is")])         # what spool job create writes
+    inode = os.stat(lay.created / f"{api['id']}.json").st_ino
+    drop(site, "hand.json", job(workdir="hand/made"))        # minimal: defaults left out
+    hand_inode = os.stat(lay.created / "hand.json").st_ino
+    site_obj(site).intake()
+    published = lay.job_path("ready", api["id"])
+    assert os.stat(published).st_ino == inode               # the very file, renamed
+    assert json.loads(published.read_text()) == json.loads(json.dumps(user_view(api)))
+    assert os.stat(lay.job_path("ready", "hand")).st_ino != hand_inode   # rewritten whole
+    recs = {r["id"]: r for r in select(lay, Filter(ids={api["id"], "hand"}))}
+    for r in recs.values():
+        assert r["state"] == "READY" and r["attempt"] == 1 and r["return_code"] is None
+        assert [(h["from"], h["to"], h["by"]) for h in r["history"]] == \
+            [("CREATED", "READY", "site")]
+    mtime = os.stat(published).st_mtime
+    assert abs(recs[api["id"]]["history"][0]["t"] - mtime) < 1e-6
+
+
+def test_a_job_published_as_dropped_keeps_its_ready_step_through_its_run(running_site):
+    from spoolbalsam.spool.layout import Layout
+    from spoolbalsam.submit import submit_jobs
+    lay = Layout(running_site)
+    [api] = submit_jobs(lay, [job(workdir="as/run")])
+    wait_for(lambda: locate(running_site, api["id"]) == "ready", 20, "publication")
+    t_ready = os.stat(lay.job_path("ready", api["id"])).st_mtime
+    proc = start_launcher(running_site, idle_ttl=1)
+    wait_for(lambda: proc.poll() is not None, 30, "launcher exit")
+    wait_for(lambda: record(running_site, api["id"]).get("return_code") == 0, 20, "merge")
+    rec = record(running_site, api["id"])
+    assert [h["to"] for h in rec["history"]] == \
+        ["READY", "RUNNING", "RUN_DONE", "JOB_FINISHED"]
+    assert abs(rec["history"][0]["t"] - t_ready) < 1e-6 and rec["attempt"] == 1

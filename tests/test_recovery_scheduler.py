@@ -26,7 +26,7 @@ from spoolbalsam.pbs.base import FINISHED, QUEUED, RUNNING, UNKNOWN, SchedStatus
 from spoolbalsam.site import Site
 from spoolbalsam.spool import fsio
 from spoolbalsam.spool.layout import Layout
-from spoolbalsam.spool.store import Store
+from spoolbalsam.spool.store import Store, read_job
 
 L = "serial-elsewhere-0001"
 STALE = 60.0          # lease_stale_sec
@@ -137,7 +137,7 @@ class World:
     def record(self, j: str) -> dict:
         loc = self.store.locate(j)
         assert loc, f"job {j} is nowhere"
-        return fsio.read_json(loc[1])
+        return read_job(loc[1], loc[0])
 
     def site_events(self) -> list[dict]:
         self.site.events.flush(durable=False)

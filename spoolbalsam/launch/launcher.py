@@ -42,7 +42,7 @@ from ..spool.ids import new_id
 from ..spool.layout import Layout
 from ..spool.lease import LeaseWriter, proc_start
 from ..spool.policy import after_failure, policy_for
-from ..spool.store import Store
+from ..spool.store import Store, read_job
 from . import pyapp, runner
 from .placement import NodePool, choose
 from .resources import NodeSpec, Request
@@ -480,7 +480,7 @@ class Launcher:
             self.pool.release(placement)
             return
         try:
-            rec = fsio.read_json(path)   # the claimed content is the authority
+            rec = read_job(path, "running")   # the claimed content is the authority
         except (FileNotFoundError, ValueError):
             self.pool.release(placement)
             return

@@ -293,11 +293,11 @@ def _read_job(site_root: Path, ref: str) -> dict:
     if ref.endswith(".json") and p.exists():
         return fsio.read_json(p)
     from ..spool.layout import Layout
-    from ..spool.store import Store
+    from ..spool.store import Store, read_job
     loc = Store(Layout(Path(site_root).resolve())).locate(ref)
     if loc is None:
         raise LookupError(f"job {ref} is not in site {site_root}")
-    return fsio.read_json(loc[1])
+    return read_job(loc[1], loc[0])
 
 
 RANK_VARS = ("PMI_RANK", "PALS_RANKID", "SLURM_PROCID", "OMPI_COMM_WORLD_RANK")

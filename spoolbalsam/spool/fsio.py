@@ -114,14 +114,16 @@ def write_json_atomic(path: Path, obj, *, durable: bool = True) -> None:
 class Batch:
     """Group atomic writes under two filesystem syncs.
 
-    ``add(path, data)`` writes the temp now; ``commit()`` syncs, renames all temps into
-    place, syncs again.  A crash before ``commit`` leaves only dot-temps, which the site's
-    sweeper removes.
+    ``add(path, data)`` writes the temp now; ``add_rename(src, path)`` will publish an
+    existing complete file (one the caller holds privately) as it is; ``commit()`` syncs,
+    renames all of them into place, syncs again.  A crash before ``commit`` leaves only
+    dot-temps, which the site's sweeper removes, and the held files where they were.
     """
 
     def __init__(self, anchor: Path):
         self.anchor = anchor
         self.pending: list[tuple[Path, Path]] = []
+        self.moves: list[tuple[Path, Path]] = []
         self.after: list = []
 
     def after_commit(self, fn) -> None:
@@ -134,16 +136,20 @@ class Batch:
     def add_json(self, path: Path, obj) -> None:
         self.add(path, dumps(obj))
 
+    def add_rename(self, src: Path, path: Path) -> None:
+        self.moves.append((src, path))
+
     def commit(self) -> None:
-        if not self.pending:
+        if not self.pending and not self.moves:
             for fn in self.after:
                 fn()
             self.after.clear()
             return
         sync_filesystem(self.anchor)
-        for tmp, path in self.pending:
+        for tmp, path in self.pending + self.moves:
             rename(tmp, path)
         self.pending.clear()
+        self.moves.clear()
         sync_filesystem(self.anchor)
         for fn in self.after:
             fn()
@@ -203,6 +209,32 @@ def read_json(path: Path, retry: bool = True):
     except orjson.JSONDecodeError:
         time.sleep(0.001)
         return orjson.loads(read_bytes(path))
+
+
+def read_json_mtime(path: Path, retry: bool = True) -> tuple[object, float]:
+    """``read_json`` and the file's mtime, from one open (same retries)."""
+    for last in (False, True):
+        try:
+            fd = os.open(path, os.O_RDONLY)
+        except OSError as e:
+            if last or not retry or e.errno not in _RETRY_ERRNOS:
+                raise
+            time.sleep(0.001)
+            continue
+        try:
+            mtime = os.fstat(fd).st_mtime_ns / 1e9
+            chunks = []
+            while chunk := os.read(fd, 1 << 16):
+                chunks.append(chunk)
+        finally:
+            os.close(fd)
+        try:
+            return orjson.loads(b"".join(chunks)), mtime
+        except orjson.JSONDecodeError:
+            if last:
+                raise
+            time.sleep(0.001)
+    raise AssertionError("unreachable")
 
 
 def list_names(directory: Path, suffix: str = ".json") -> list[str]:

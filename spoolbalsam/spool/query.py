@@ -17,7 +17,7 @@ from . import states as S
 from . import fsio
 from .events import overlay, unmerged_events
 from .layout import Layout
-from .store import Store
+from .store import Store, read_job
 
 JOB_DIRS = ("created", "waiting", "ready", "running", "done", "failed")
 
@@ -66,7 +66,7 @@ class Filter:
 
 def read_record(path, directory: str, pending: dict | None = None) -> dict | None:
     try:
-        rec = fsio.read_json(path)
+        rec = read_job(path, directory)
     except (FileNotFoundError, ValueError):
         return None
     if pending:

@@ -14,6 +14,13 @@ story is in the per-writer event logs.
 ``normalize(raw, source)`` checks everything that can be checked without the site's apps
 and other jobs and returns a complete record; every failure is an ``InvalidJob`` naming the
 file and the field, in one line.
+
+A record *published as dropped*: when a dropped file is already a job's canonical user view
+(``user_view``: its id and every user field, defaults filled in -- what ``spool job create``
+and the Python API write), the site publishes that very file by rename instead of writing a
+new one, after setting its mtime to the moment of publication.  Such a record has no system
+fields; ``published_as_dropped`` adds the ones the site would have written, dated by that
+mtime, and every reader of records in a state directory applies it (``store.read_job``).
 """
 from __future__ import annotations
 
@@ -182,12 +189,29 @@ def normalize(raw: object, source: str, *, default_id: str | None = None) -> dic
     if not valid_id(job_id):
         raise InvalidJob(source, "id", f"{job_id!r} is not a valid id (letters, digits, _ . -; "
                          "at most 96 characters, not starting with a dot)")
-    now = time.time()
-    rec.update(id=job_id, state="CREATED", attempt=1, return_code=None, launcher=None,
-               batch_job=None, host=None, created_at=now, state_timestamp=now,
-               started_at=None, ended_at=None, error=None,
-               retries={"errors": 0, "timeouts": 0}, placement=None, history=[])
+    rec["id"] = job_id
+    rec.update(_fresh_system_fields(time.time()))
     return rec
+
+
+def _fresh_system_fields(now: float) -> dict:
+    return dict(state="CREATED", attempt=1, return_code=None, launcher=None, batch_job=None,
+                host=None, created_at=now, state_timestamp=now, started_at=None,
+                ended_at=None, error=None, retries={"errors": 0, "timeouts": 0},
+                placement=None, history=[])
+
+
+def user_view(rec: dict) -> dict:
+    """What a submitter drops for ``rec``: its id and its user fields."""
+    return {"id": rec["id"], **{k: rec[k] for k in USER_FIELDS if k in rec}}
+
+
+def published_as_dropped(rec: dict, mtime: float) -> dict:
+    """``rec`` with the system fields and READY step the site would have written, if it is
+    a record the site published as dropped (it has no ``state``); else ``rec`` itself."""
+    if "state" in rec:
+        return rec
+    return transition({**rec, **_fresh_system_fields(mtime)}, "READY", "site", t=mtime)
 
 
 def transition(rec: dict, to: str, by: str, msg: str | None = None, t: float | None = None,

@@ -35,10 +35,21 @@ from typing import Iterator
 
 from . import fsio
 from .ids import shard
+from .record import published_as_dropped
 from .layout import Layout
 from .states import SHARDED_DIRS
 
 LIMBO_SEP = "@"   # limbo file name: ID@DESTDIR.json
+
+
+def read_job(path: Path, directory: str, retry: bool = True) -> dict:
+    """The record at ``path``, which lies in state directory ``directory``, as it stands: a
+    record the site published as dropped gets its system fields (``published_as_dropped``,
+    dated by the file's mtime).  Every reader of records outside ``created/`` uses this."""
+    rec, mtime = fsio.read_json_mtime(path, retry)
+    if directory != "created" and isinstance(rec, dict):
+        rec = published_as_dropped(rec, mtime)
+    return rec
 
 
 class Store:
@@ -196,7 +207,7 @@ class Store:
             held = limbo / name
             if not self.visible(job_id):
                 try:
-                    rec = fsio.read_json(held)
+                    rec = read_job(held, "limbo")
                 except (FileNotFoundError, ValueError):
                     continue
                 for ev in by_job.get(job_id, ()):
