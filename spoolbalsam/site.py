@@ -4,7 +4,8 @@ One ``tick()`` does, in order:
 
 1. **intake** — every file dropped in ``jobs/created/`` is validated (JSON, known app,
    parameters, resources, workdir inside ``data/``, unique id, existing parents) and published
-   to ``waiting/`` or ``ready/`` (or ``failed/`` if a parent already failed).  A file that is
+   to ``waiting/`` or ``ready/`` (or ``failed/`` if a parent already failed); a job that
+   becomes ready gets its ``data/<workdir>/``.  A file that is
    not a valid job is renamed, byte for byte, to ``jobs/rejected/`` beside a one-line
    ``.reason``.  Bad input never stops the site.
 2. **merge** — new lines of every launcher's event log are merged into the records in
@@ -179,12 +180,15 @@ class Site:
     # ---- one iteration --------------------------------------------------------------------
     def tick(self, now: float | None = None) -> dict:
         now = time.monotonic() if now is None else now
-        taken, t0 = 0, time.monotonic()
+        # Batches grow from 64 to INTAKE_BATCH: the first jobs of a burst are published (and
+        # can start) after 64 drops' work, later ones share the syncs of bigger batches.
+        taken, t0, limit = 0, time.monotonic(), 64
         while True:
-            n = self.intake()
+            n = self.intake(limit)
             taken += n
-            if n < INTAKE_BATCH or time.monotonic() - t0 > INTAKE_BUDGET:
+            if n < limit or time.monotonic() - t0 > INTAKE_BUDGET:
                 break
+            limit = min(2 * limit, INTAKE_BATCH)
         counts = {"intake": taken, "merged": self.merge()}
         counts["revoked"] = self.check_launchers(now)
         if now >= self.next_settle:
@@ -226,6 +230,8 @@ class Site:
                 taken.append(src)
                 count += 1
                 continue
+            if where == "ready":
+                self._make_workdir(rec)
             if canonical and where == "ready":
                 # Published as dropped: the file already is the record's user view, so it
                 # becomes the record by rename, dated by its mtime (record.published_as_
@@ -413,7 +419,19 @@ class Site:
                 self.children.setdefault(p, set()).add(child)
             return
         new = transition(rec, S.READY, "site", "all parents finished")
+        self._make_workdir(new)
         self.store.move_rewrite(path, self.layout.job_path("ready", child), new, self.limbo)
+
+    def _make_workdir(self, rec: dict) -> None:
+        """Create a job's ``data/<workdir>/`` as it becomes ready (as Balsam's site does):
+        inputs can be staged there, and the launcher -- one loop starting every job of its
+        allocation -- does not pay for the directory's creation.  A failure is left to the
+        launcher, which fails the job naming the reason if it cannot create it either."""
+        try:
+            os.makedirs(self.layout.workdir(rec["workdir"]), exist_ok=True)
+        except OSError as e:
+            log.warning("job %s: cannot create data/%s now (%s); the launcher will try",
+                        rec["id"], rec["workdir"], e.strerror)
 
     def _fail_children(self, parent: str) -> None:
         for child in self.children.pop(parent, ()):

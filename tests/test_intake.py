@@ -305,6 +305,9 @@ def test_a_canonical_drop_is_published_as_is_and_reads_like_a_rewritten_one(site
             [("CREATED", "READY", "site")]
     mtime = os.stat(published).st_mtime
     assert abs(recs[api["id"]]["history"][0]["t"] - mtime) < 1e-6
+    # a job that becomes ready gets its work directory from the site (inputs can go there)
+    assert (site / "data" / "as" / "is").is_dir() and (site / "data" / "hand" / "made").is_dir()
+    assert not (site / "data" / "as" / "is" / "job.out").exists()
 
 
 def test_a_job_published_as_dropped_keeps_its_ready_step_through_its_run(running_site):

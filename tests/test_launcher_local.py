@@ -111,8 +111,9 @@ def test_job_longer_than_the_time_left_is_not_started(site):
     wait_for(lambda: proc.poll() is not None, 30, "launcher exit")
     assert locate(site, "short") == "done"
     assert locate(site, "long") == "ready" and locate(site, "almost") == "ready"
-    assert not (site / "data" / "wall" / "long").exists()
-    assert not (site / "data" / "wall" / "almost").exists()
+    assert (site / "data" / "wall" / "short" / "job.out").exists()
+    assert not (site / "data" / "wall" / "long" / "job.out").exists()      # never started
+    assert not (site / "data" / "wall" / "almost" / "job.out").exists()
 
 
 def test_launcher_exits_after_idle_ttl_and_says_goodbye(site):
