@@ -11,8 +11,10 @@ One ``tick(now)``:
 1. heartbeat (the lease counter);
 2. reap finished processes: rc 0 -> event RUN_DONE + JOB_FINISHED, then rename to
    ``done/``; rc != 0 -> RUN_ERROR, then the retry policy: back to ``ready/`` with
-   ``attempt + 1`` or to ``failed/`` with the tail of job.out.  Events are written (and
-   synced, once per tick) *before* the renames, so a verdict is never lost;
+   ``attempt + 1`` or to ``failed/`` with the tail of job.out.  Events are written at once
+   and synced *before* the renames, so a verdict is never lost; jobs that end within
+   ``VERDICT_SYNC_SEC`` of each other share one fsync (their renames wait for it, their
+   resources are free at once);
 3. near the walltime (or on SIGTERM / a stop file): stop starting jobs, SIGTERM running
    ones, SIGKILL after the grace; they end RUN_TIMEOUT and go back to ``ready/`` for the
    next allocation;
@@ -53,6 +55,7 @@ IDLE_SCAN_SEC = 0.1          # rescan an empty ready/ this often
 KILLED = {-signal.SIGTERM: "SIGTERM", -signal.SIGKILL: "SIGKILL",
           128 + signal.SIGTERM: "SIGTERM", 128 + signal.SIGKILL: "SIGKILL"}
 MAX_SCAN_BUCKETS = 16        # buckets read per fill before giving the loop back
+VERDICT_SYNC_SEC = 0.02      # verdicts of jobs ending this close together share one fsync
 
 
 class Launcher:
@@ -114,7 +117,8 @@ class Launcher:
         self.finished = 0
         self.draining: str | None = None        # why we stopped starting jobs
         self.exit_reason: str | None = None
-        self.pending_moves: list = []
+        self.verdicts: list = []                # renames waiting for the events' fsync
+        self.verdicts_since = 0.0
 
     # ---- events ---------------------------------------------------------------------------
     def emit(self, rec: dict, to: str, t: float | None = None, **details) -> dict:
@@ -192,6 +196,9 @@ class Launcher:
             time.sleep(min(IDLE_SCAN_SEC, 0.05))
             return
         timeout = IDLE_SCAN_SEC if self.pool.has_room() and not self.draining else 1.0
+        if self.verdicts:
+            left = self.verdicts_since + VERDICT_SYNC_SEC - time.monotonic()
+            timeout = min(timeout, max(left, 0.0))
         fds = [r.pidfd for r in self.running.values() if r.pidfd is not None]
         if not fds or len(fds) < len(self.running):
             time.sleep(self.delay)
@@ -212,6 +219,7 @@ class Launcher:
             while self.running and time.monotonic() < deadline:
                 self.reap(time.monotonic())
                 time.sleep(0.01)
+        self._publish_verdicts(time.monotonic(), force=True)
         # race: a claim whose start failed, or a job claimed just before the stop, is in
         # running/L/ but not running; it was never started, so it goes back unchanged.
         for name in fsio.list_names(self.rdir):
@@ -238,16 +246,27 @@ class Launcher:
                 runner.kill_if_due(run, now)
                 continue
             ended.append((run, rc))
-        if not ended:
-            return
-        moves = []
+        if ended and not self.verdicts:
+            self.verdicts_since = now
         for run, rc in ended:
             del self.running[run.job_id]
             run.close()
             self.pool.release(run.placement)
             self.finished += 1
-            moves.append(self._verdict(run, rc))
-        self.events.flush()            # verdicts durable before any rename makes them visible
+            self.verdicts.append(self._verdict(run, rc))
+        self.events.flush(durable=False)     # readers see verdicts at once
+        self._publish_verdicts(now)
+
+    def _publish_verdicts(self, now: float, force: bool = False) -> None:
+        """Sync the event log, then do the waiting verdicts' renames -- each verdict is
+        durable before its rename makes the move visible.  One fsync serves every job that
+        ended within VERDICT_SYNC_SEC; nothing waits once nothing else runs."""
+        if not self.verdicts:
+            return
+        if not force and self.running and now - self.verdicts_since < VERDICT_SYNC_SEC:
+            return
+        self.events.sync()
+        moves, self.verdicts = self.verdicts, []
         for move in moves:
             move()
 
@@ -351,16 +370,16 @@ class Launcher:
                 if not self.buckets:
                     self.empty_round_at = now
                     break
-            names = self.store.ready_names(self.buckets.pop())
+            base = self.store.ready_dir(self.buckets.pop())
             scanned += 1
             # race: a job that waits for resources stays a candidate while buckets are
             # listed again; it must appear once, or choose() would place it twice.
-            have = set(self.cands)
+            have = {p.name for p in self.cands}
             room = self.prefetch - len(self.cands)
-            new = [p for p in names if p.name not in self.skip and p not in have
-                   and p.name[:-5] not in self.running][:room]
+            new = [n for n in fsio.list_names(base) if n not in self.skip and n not in have
+                   and n[:-5] not in self.running][:room]
             if new:
-                self.cands.extend(new)
+                self.cands.extend(base / n for n in new)
                 self.round_found = True
             if not self.buckets:
                 if not self.round_found:

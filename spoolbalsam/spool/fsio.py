@@ -287,6 +287,11 @@ class AppendLog:
         if durable:
             os.fsync(self.fd)
 
+    def sync(self) -> None:
+        """Write what is buffered and make everything written so far durable."""
+        self.flush(durable=False)
+        os.fsync(self.fd)
+
     def close(self) -> None:
         self.flush()
         os.close(self.fd)

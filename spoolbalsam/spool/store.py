@@ -265,6 +265,9 @@ class Store:
         random.shuffle(buckets)
         return buckets
 
+    def ready_dir(self, bucket: str) -> Path:
+        return self.layout.state_dir("ready") / bucket
+
     def ready_names(self, bucket: str) -> list[Path]:
-        base = self.layout.state_dir("ready") / bucket
+        base = self.ready_dir(bucket)
         return [base / n for n in fsio.list_names(base)]
