@@ -154,6 +154,20 @@ def _job_pids(site, ids):
     return pids
 
 
+def test_a_job_killed_from_outside_goes_back_for_another_launcher(site):
+    drop(site, "k.json", job("Sleep", "killed/k", parameters={"secs": "30"}))
+    site_obj(site).intake()
+    proc = start_launcher(site, idle_ttl=1)
+    pid = wait_for(lambda: _job_pids(site, ["k"]).get("k"), 20, "the job running")
+    os.kill(pid, signal.SIGTERM)                 # not the launcher: the job alone
+    wait_for(lambda: proc.poll() is not None, 30, "launcher idle exit")
+    rec = record(site, "k")
+    assert locate(site, "k") == "ready" and rec["attempt"] == 2
+    assert "killed by signal SIGTERM" in json.dumps(rec["history"])
+    # this launcher did not run it again (whatever killed it may kill it again here)
+    assert [e["to"] for e in launcher_events(site) if e.get("job") == "k"].count("RUNNING") == 1
+
+
 def test_sigterm_puts_running_jobs_back_for_restart(site):
     ids = [f"s{i}" for i in range(3)]
     for j in ids:

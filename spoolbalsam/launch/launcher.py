@@ -299,6 +299,10 @@ class Launcher:
             # outside, like a timeout, and must not spend the job's error retries.
             msg = (f"stopped by the launcher ({self.draining})" if run.timed_out
                    else f"killed by signal {KILLED[rc]} from outside the launcher")
+            if not run.timed_out:
+                # Whatever killed it (the allocation ending, the OOM killer) may strike
+                # again here: its next attempt is left to another launcher.
+                self.skip.add(f"{run.job_id}.json")
             rec = self.emit(rec, S.RUN_TIMEOUT, msg=msg, **details)
             hook, kind = "handle_timeout", "timeouts"
         else:

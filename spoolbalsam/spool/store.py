@@ -16,6 +16,8 @@ Rules (see ``layout`` for the tree)
 4. After a crash, a file left in a limbo is finished by ``finish_limbo``: if the job has a
    visible name anywhere, the move completed and the limbo copy is dropped; otherwise the
    limbo copy is published where its name says it was going.
+5. A record outside ``created/`` is read with ``read_job``: a file the site published as
+   dropped (``record.published_as_dropped``) is completed from its mtime on every read.
 
 Claim modes
 -----------
