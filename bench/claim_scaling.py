@@ -159,7 +159,7 @@ def fill_path(layout: Layout, lc: Launcher, claims: int, chunk: int) -> tuple[fl
     """Seconds spent in Launcher.fill (start replaced by an immediate release)."""
     started: list[Path] = []
 
-    def fake_start(path: Path, placement) -> None:
+    def fake_start(path: Path, placement, expected=None) -> None:
         lc.pool.release(placement)
         started.append(path)
 

@@ -9,7 +9,8 @@ machine's mpiexec.  There is no master and no socket: the spool is the only chan
 One ``tick(now)``:
 
 1. heartbeat (the lease counter);
-2. reap finished processes: rc 0 -> event RUN_DONE + JOB_FINISHED, then rename to
+2. reap finished processes (their resources go to step 4 first, their verdicts are
+   written after it): rc 0 -> event RUN_DONE + JOB_FINISHED, then rename to
    ``done/``; rc != 0 -> RUN_ERROR, then the retry policy: back to ``ready/`` with
    ``attempt + 1`` or to ``failed/`` with the tail of job.out.  Events are written at once
    and synced *before* the renames, so a verdict is never lost; jobs that end within
@@ -146,7 +147,7 @@ class Launcher:
             self.request_stop("stop requested")
         if now >= self.end_at - self.margin:
             self.request_stop("walltime nearly used up")
-        self.reap(now)
+        ended = self.collect(now)
         if not self.draining:
             if self.mode == "mpi" and self.budget_left() == 0:
                 self.draining = f"mpiexec budget of {self.max_mpiexec} launches spent"
@@ -154,7 +155,8 @@ class Launcher:
             elif self.max_jobs is not None and self.launches >= self.max_jobs:
                 self.draining = f"max_jobs {self.max_jobs} reached"
             else:
-                self.fill(now)
+                self.fill(now)           # freed resources go to the next jobs first
+        self.judge(ended, now)
         if self.running:
             self.idle_since = now
         if self.draining and not self.running:
@@ -239,21 +241,30 @@ class Launcher:
 
     # ---- reaping --------------------------------------------------------------------------
     def reap(self, now: float) -> None:
+        self.judge(self.collect(now), now)
+
+    def collect(self, now: float) -> list:
+        """The jobs that ended, out of ``running`` with their resources released, so that a
+        fill can start the next jobs before these verdicts are written."""
         ended = []
-        for job_id, run in self.running.items():
+        for job_id, run in list(self.running.items()):
             rc = run.proc.poll()
             if rc is None:
                 runner.kill_if_due(run, now)
                 continue
-            ended.append((run, rc))
-        if ended and not self.verdicts:
-            self.verdicts_since = now
-        for run, rc in ended:
-            del self.running[run.job_id]
+            del self.running[job_id]
             run.close()
             self.pool.release(run.placement)
             self.finished += 1
-            self.verdicts.append(self._verdict(run, rc))
+            ended.append((run, rc, time.time()))     # when it was seen to end
+        return ended
+
+    def judge(self, ended: list, now: float) -> None:
+        """Write the verdicts of ``ended`` jobs; their renames follow the events' sync."""
+        if ended and not self.verdicts:
+            self.verdicts_since = now
+        for run, rc, ended_at in ended:
+            self.verdicts.append(self._verdict(run, rc, ended_at))
         self.events.flush(durable=False)     # readers see verdicts at once
         self._publish_verdicts(now)
 
@@ -282,16 +293,16 @@ class Launcher:
             return None
         return pyapp.run_hook(self.layout.root, app, rec, hook, timeout=self.hook_timeout)
 
-    def _verdict(self, run: runner.Running, rc: int):
+    def _verdict(self, run: runner.Running, rc: int, ended_at: float):
         rec = run.record
         app = self.apps.get(rec["app"])
-        details = {"return_code": rc, "ended_at": time.time(), "started_at": run.started_at,
+        details = {"return_code": rc, "ended_at": ended_at, "started_at": run.started_at,
                    "host": run.placement.hosts[0], "placement": run.placement.to_json(),
                    "affinity": rec.get("affinity") or {}}
         if app is not None and app.python_class:       # only a run() app leaves a result
             details.update(pyapp.result_fields(run.out.parent, rec))
         if rc == 0 and not run.timed_out:
-            rec = self.emit(rec, S.RUN_DONE, **details)
+            rec = self.emit(rec, S.RUN_DONE, t=ended_at, **details)
             hook, kind, msg = "postprocess", None, None
         elif run.timed_out or rc in KILLED:
             # race: when an allocation ends, the scheduler signals the jobs and the launcher
@@ -303,12 +314,12 @@ class Launcher:
                 # Whatever killed it (the allocation ending, the OOM killer) may strike
                 # again here: its next attempt is left to another launcher.
                 self.skip.add(f"{run.job_id}.json")
-            rec = self.emit(rec, S.RUN_TIMEOUT, msg=msg, **details)
+            rec = self.emit(rec, S.RUN_TIMEOUT, t=ended_at, msg=msg, **details)
             hook, kind = "handle_timeout", "timeouts"
         else:
             msg = f"exit code {rc}"
-            rec = self.emit(rec, S.RUN_ERROR, msg=msg, error=runner.tail(run.out, self.tail_lines),
-                            **details)
+            rec = self.emit(rec, S.RUN_ERROR, t=ended_at, msg=msg,
+                            error=runner.tail(run.out, self.tail_lines), **details)
             hook, kind = "handle_error", "errors"
         res = self._hook(app, rec, hook)
         if res is not None and (res.get("data") is not None or res.get("state_data")):
