@@ -9,8 +9,8 @@ sizes are built up in one site (1k, then 99k more, then 900k more).  At each siz
   first job: ``Store.ready_buckets`` (list the 256 buckets) + ``Store.ready_names`` of one
   bucket + ``Store.claim`` (the rename into ``running/L/``); median of 5 fresh launchers;
 * ``store path``: ``--claims`` claims through the launcher's own candidate listing
-  (``Launcher._next_candidates``, which uses ``ready_buckets``/``ready_names``) and
-  ``Store.claim``, per claim (listing cost amortised);
+  (``Launcher._next_candidates``: a refill of up to ``prefetch`` names, from the last
+  bucket listing or a new one) and ``Store.claim``, per claim (listing cost amortised);
 * ``fill path``: the same number of claims through ``Launcher.fill`` -- it also reads and
   checks each candidate record and places it with ``placement.choose`` on 2 cpus, as the
   real launcher does -- with the process start replaced by an immediate release.
@@ -234,7 +234,7 @@ def main(argv: list[str] | None = None) -> int:
                   f"first claim {row['first_ms']:.2f} ms "
                   f"({row['first_range'][0]:.2f}–{row['first_range'][1]:.2f}); "
                   f"store path {row['store_us']:.1f} µs/claim ({sn}; Store.claim "
-                  f"{row['rename_us']:.1f} µs + {row['lists']} listings of "
+                  f"{row['rename_us']:.1f} µs + {row['lists']} candidate refills of "
                   f"{row['list_ms']:.2f} ms); "
                   f"fill path {row['fill_us']:.1f} µs/claim ({fn})", flush=True)
     finally:
@@ -248,7 +248,7 @@ def main(argv: list[str] | None = None) -> int:
 
     print("\n# summary (µs per claim; first claim in ms, median of 5 fresh launchers)")
     print(f"{'ready jobs':>12s} {'first claim ms':>15s} {'store path µs':>14s} "
-          f"{'(claim µs':>10s} {'listing ms)':>12s} {'fill path µs':>13s} {'bytes/job':>10s}")
+          f"{'(claim µs':>10s} {'refill ms)':>12s} {'fill path µs':>13s} {'bytes/job':>10s}")
     for r in rows:
         print(f"{r['size']:>12,} {r['first_ms']:>15.2f} {r['store_us']:>14.1f} "
               f"{r['rename_us']:>10.1f} {r['list_ms']:>12.2f} "
