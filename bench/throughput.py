@@ -14,11 +14,11 @@ node and the launcher runs one at a time):
 * t0: in this process the N jobs are created with the Python API
   ``spoolbalsam.submit.submit_jobs`` (validated, written to ``jobs/created/`` under one
   grouped sync); ``create`` is the time of that call alone;
-* the site takes them in (created/ -> ready/BB/); ``intake`` is t0 until created/ is empty.
-  Then the launcher process is started (``spool launcher -j serial -t 30 --idle-ttl 2``),
-  so its interpreter start-up is inside the timed window (``--launcher-start create``
-  starts it right after creation instead, where it may idle out before the site has
-  published anything);
+* right after creation the launcher process is started (``spool launcher -j serial -t 30
+  --idle-ttl 2``), as in an allocation whose launcher is already running; its interpreter
+  start-up is inside the timed window, and it waits while the site still takes drops in.
+  The site takes them in (created/ -> ready/BB/) meanwhile.  ``--launcher-start intake``
+  starts the launcher only once created/ is empty (``intake``: t0 until then) instead;
 * the launcher claims each by rename into
   ``running/L/``, runs it with stdout+stderr in ``data/b/NNNNN/job.out`` and renames it
   into ``done/BB/``;
@@ -152,7 +152,7 @@ def _launcher_pid(layout: Layout) -> int | None:
 
 def run_spool(n: int, sleep: float, slots: int, tmp: Path, poll: float, timeout: float,
               merge_wait: float, profile: str | None = None,
-              profile_dir: Path | None = None, launcher_start: str = "intake",
+              profile_dir: Path | None = None, launcher_start: str = "create",
               site_settings: dict | None = None) -> dict:
     root = tmp / "site"
     subprocess.run(C.SPOOL + ["site", "init", str(root), "--machine", "local", "--cpus",
@@ -189,9 +189,7 @@ def run_spool(n: int, sleep: float, slots: int, tmp: Path, poll: float, timeout:
         res["cpu_create"] = time.process_time() - c0
         end = t0 + timeout
         if launcher_start == "intake":
-            # The launcher exits after --idle-ttl 2 s with nothing in ready/; the site may
-            # take longer than that to take 2,000 files in, so it starts once created/ is
-            # empty (every job published in ready/).  Its start-up is inside the window.
+            # Intake first, then the launcher: the two phases timed apart.
             while fsio.list_names(layout.created) and time.perf_counter() < end:
                 time.sleep(poll)
             res["intake"] = time.perf_counter() - t0
@@ -306,9 +304,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--keep", action="store_true", help="keep the run directories (sites, outputs)")
     ap.add_argument("--merge-wait", type=float, default=10.0,
                     help="give up on `merged` after this long without progress (s)")
-    ap.add_argument("--launcher-start", choices=("intake", "create"), default="intake",
-                    help="start the launcher once the site has taken every job in (default) "
-                         "or right after creation (it may idle out: --idle-ttl 2)")
+    ap.add_argument("--launcher-start", choices=("intake", "create"), default="create",
+                    help="start the launcher right after creation (default) or once the "
+                         "site has taken every job in")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                     help="override a settings.yml key of the benchmark site, e.g. "
                          "--set watch=poll --set launcher.delay_sec=0.001 (repeat)")
