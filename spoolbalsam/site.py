@@ -5,9 +5,9 @@ One ``tick()`` does, in order:
 1. **intake** — every file dropped in ``jobs/created/`` is validated (JSON, known app,
    parameters, resources, workdir inside ``data/``, unique id, existing parents) and published
    to ``waiting/`` or ``ready/`` (or ``failed/`` if a parent already failed); a job that
-   becomes ready gets its ``data/<workdir>/``.  A file that is
-   not a valid job is renamed, byte for byte, to ``jobs/rejected/`` beside a one-line
-   ``.reason``.  Bad input never stops the site.
+   becomes ready gets its ``data/<workdir>/``.  A file that is not a valid job is renamed,
+   byte for byte, to ``jobs/rejected/`` beside a one-line ``.reason``.  Bad input never
+   stops the site.
 2. **merge** — new lines of every launcher's event log are merged into the records in
    ``done/`` and ``failed/`` (grouped under two syncs), and children whose parents are all
    done move to ``ready/``; children of a failed parent fail, naming it.
