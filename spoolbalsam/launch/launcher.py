@@ -297,7 +297,7 @@ class Launcher:
 
     def _verdict(self, run: runner.Running, rc: int, ended_at: float):
         rec = run.record
-        app = self.apps.get(rec["app"])
+        app = run.app                 # the definition it ran with decides its verdict too
         details = {"return_code": rc, "ended_at": ended_at, "started_at": run.started_at,
                    "host": run.placement.hosts[0], "placement": run.placement.to_json(),
                    "affinity": rec.get("affinity") or {}}

@@ -38,6 +38,7 @@ class Running:
     timed_out: bool = False
     used_mpi: bool = False                # started through mpiexec/srun (counts in the budget)
     pidfd: int | None = None              # readable when the process exits (Linux >= 5.3)
+    app: App | None = None                # the definition it was started with
     extra: dict = field(default_factory=dict)
 
     def close(self) -> None:
@@ -101,7 +102,7 @@ def start(rec: dict, app: App, placement: Placement, *, site_root: Path, workdir
     except (AttributeError, OSError):
         pidfd = None
     return Running(rec["id"], rec, path, placement, proc, out, time.time(), time.monotonic(),
-                   used_mpi=use_mpi, pidfd=pidfd)
+                   used_mpi=use_mpi, pidfd=pidfd, app=app)
 
 
 def needs_mpi(mode: str, req: Request) -> bool:

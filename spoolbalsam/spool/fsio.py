@@ -187,54 +187,40 @@ def rename_quiet(src: Path, dst: Path) -> bool:
         return False
 
 
-def read_bytes(path: Path, retry: bool = True) -> bytes:
-    """The file's bytes; with ``retry``, one more try 1 ms after ENOENT/ESTALE (a name that
-    a rename is moving).  ``retry=False`` for files whose absence is the normal case."""
+def _read_once(path: Path) -> tuple[bytes, float]:
+    with open(path, "rb") as f:
+        return f.read(), os.fstat(f.fileno()).st_mtime_ns / 1e9
+
+
+def _read(path: Path, retry: bool) -> tuple[bytes, float]:
+    """(bytes, mtime); with ``retry``, one more try 1 ms after ENOENT/ESTALE (a name that a
+    rename is moving).  ``retry=False`` for files whose absence is the normal case."""
     try:
-        with open(path, "rb") as f:
-            return f.read()
+        return _read_once(path)
     except OSError as e:
         if not retry or e.errno not in _RETRY_ERRNOS:
             raise
         time.sleep(0.001)
-        with open(path, "rb") as f:
-            return f.read()
+        return _read_once(path)
 
 
-def read_json(path: Path, retry: bool = True):
-    """Read a published JSON file; retry once on a vanished name or a torn read."""
-    data = read_bytes(path, retry)
-    try:
-        return orjson.loads(data)
-    except orjson.JSONDecodeError:
-        time.sleep(0.001)
-        return orjson.loads(read_bytes(path))
+def read_bytes(path: Path, retry: bool = True) -> bytes:
+    return _read(path, retry)[0]
 
 
 def read_json_mtime(path: Path, retry: bool = True) -> tuple[object, float]:
-    """``read_json`` and the file's mtime, from one open (same retries)."""
-    for last in (False, True):
-        try:
-            fd = os.open(path, os.O_RDONLY)
-        except OSError as e:
-            if last or not retry or e.errno not in _RETRY_ERRNOS:
-                raise
-            time.sleep(0.001)
-            continue
-        try:
-            mtime = os.fstat(fd).st_mtime_ns / 1e9
-            chunks = []
-            while chunk := os.read(fd, 1 << 16):
-                chunks.append(chunk)
-        finally:
-            os.close(fd)
-        try:
-            return orjson.loads(b"".join(chunks)), mtime
-        except orjson.JSONDecodeError:
-            if last:
-                raise
-            time.sleep(0.001)
-    raise AssertionError("unreachable")
+    """A published JSON file and its mtime; retry once on a vanished name or a torn read."""
+    data, mtime = _read(path, retry)
+    try:
+        return orjson.loads(data), mtime
+    except orjson.JSONDecodeError:
+        time.sleep(0.001)
+        data, mtime = _read(path, retry)
+        return orjson.loads(data), mtime
+
+
+def read_json(path: Path, retry: bool = True):
+    return read_json_mtime(path, retry)[0]
 
 
 def list_names(directory: Path, suffix: str = ".json") -> list[str]:
