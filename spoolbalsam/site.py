@@ -103,6 +103,7 @@ class Site:
         self.store = Store(layout, settings.get("claim_mode", "rename"))
         self.apps = AppRegistry(layout.apps)
         self.limbo = layout.site_dir / "limbo"
+        self.spares = fsio.Spares(layout.site_dir / "spare")   # files kept for rewrites
         self.judge = LeaseJudge(settings.get("lease_stale_sec", 60.0))
         self.offsets, self.unsettled = merge_state(layout)
         self.half_seen: dict[tuple[str, int], float] = {}   # (log, offset) -> first seen
@@ -214,7 +215,7 @@ class Site:
                 continue
             except InvalidJob as e:
                 self._reject(src, name, str(e))
-        batch = fsio.Batch(self.layout.jobs)
+        batch = fsio.Batch(self.layout.jobs, self.spares)
         published: dict[str, str] = {}           # id -> directory, for this batch
         taken: list[Path] = []                   # drops to delete once the batch is in
         count = 0
@@ -249,7 +250,7 @@ class Site:
                     self.children.setdefault(p, set()).add(rec["id"])
         batch.commit()
         for src in taken:
-            fsio.unlink_quiet(src)
+            self.spares.give(src)
         # race: a parent may have finished between our look at it and the publication of
         # its waiting child; the merge that saw it could not see the child yet.  Settle the
         # new waiting jobs once more now that they are visible.
@@ -319,7 +320,7 @@ class Site:
     # ---- 2. merge launcher events ---------------------------------------------------------
     def merge(self) -> int:
         """Merge new launcher events into done/ and failed/ records; release children."""
-        batch = fsio.Batch(self.layout.jobs)
+        batch = fsio.Batch(self.layout.jobs, self.spares)
         settled: list[tuple[str, str]] = []
         before = len(self.unsettled)
         merged = self._merge_unsettled(batch, settled)

@@ -18,7 +18,7 @@ from spoolbalsam.spool.record import user_view
 
 from helpers import (pending_drops, counts, drop, ids_in, job, locate, make_site, pid_alive, reap_site_processes,
                      record, rejected_entries, site_info, site_obj, spool, start_site, stop_site,
-                     wait_for, start_launcher)
+                     wait_for, start_launcher, temps_under)
 
 
 @pytest.fixture(scope="module")
@@ -218,13 +218,17 @@ def _crash_before_unlinking_created(monkeypatch, site: Path):
     """Simulate kill -9 of the site after it published the batch, before it removed the
     dropped files (which it holds in site/intake/ by then)."""
     created = str(site / "site" / "intake")
-    real = fsio.unlink_quiet
+    real_unlink, real_give = fsio.unlink_quiet, fsio.Spares.give
 
     def unlink(p):
         if str(p).startswith(created):
             raise Crash()
-        real(p)
+        real_unlink(p)
+
+    def give(spares, p):              # the site recycles a taken drop as a spare
+        unlink(p) if str(p).startswith(created) else real_give(spares, p)
     monkeypatch.setattr(fsio, "unlink_quiet", unlink)
+    monkeypatch.setattr(fsio.Spares, "give", give)
 
 
 def test_crash_after_publish_before_unlink_takes_each_file_in_once(site, monkeypatch):
@@ -324,3 +328,25 @@ def test_a_job_published_as_dropped_keeps_its_ready_step_through_its_run(running
     assert [h["to"] for h in rec["history"]] == \
         ["READY", "RUNNING", "RUN_DONE", "JOB_FINISHED"]
     assert abs(rec["history"][0]["t"] - t_ready) < 1e-6 and rec["attempt"] == 1
+
+
+def test_a_write_failure_midway_through_a_submit_says_which_jobs_are_in(site, monkeypatch):
+    import errno
+    from spoolbalsam import submit
+    from spoolbalsam.spool.layout import Layout
+    monkeypatch.setattr(submit, "CHUNK", 3)
+    real_commit, calls = fsio.Batch.commit, []
+
+    def commit(self):
+        calls.append(1)
+        if len(calls) == 2:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real_commit(self)
+    monkeypatch.setattr(fsio.Batch, "commit", commit)
+    with pytest.raises(submit.SubmitError) as e:
+        submit.submit_jobs(Layout(site), [job(workdir=f"full/{i}") for i in range(8)])
+    msg = str(e.value)
+    assert "\n" not in msg and "jobs/created" in msg and "No space left" in msg
+    assert "jobs 0-2 are submitted" in msg, msg
+    assert len(fsio.list_names(site / "jobs" / "created")) == 3
+    assert temps_under(site / "jobs" / "created") == []

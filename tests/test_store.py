@@ -14,6 +14,8 @@ from spoolbalsam.spool.ids import new_id, shard
 from spoolbalsam.spool.layout import Layout
 from spoolbalsam.spool.store import LIMBO_SEP, Store
 
+from helpers import temps_under
+
 CTX = mp.get_context("fork")
 
 
@@ -232,3 +234,61 @@ def test_locate_and_iter_dir_see_every_state_and_skip_temps(tmp_path):
     store.claim(lay.job_path("ready", ids[1]), "L1")
     assert store.locate(ids[1])[0] == "running"
     assert store.locate("no-such-job") is None
+
+
+# ---- spares: rewrites reuse the files they replaced ----------------------------------------
+def _rewrite_all(lay: Layout, store: Store, ids: list[str], spares: fsio.Spares, n: int) -> None:
+    batch = fsio.Batch(lay.jobs, spares)
+    for job_id in ids:
+        path = lay.job_path("ready", job_id)
+        assert store.move_rewrite(path, path, {"id": job_id, "state": "READY", "n": n},
+                                  lay.site_dir / "limbo", batch)
+    batch.commit()
+
+
+def test_batched_rewrites_reuse_the_files_they_replaced_and_create_none(tmp_path):
+    lay, ids = make_ready(tmp_path, 20)
+    store, spares = Store(lay), fsio.Spares(lay.site_dir / "spare", rest=0.0)
+    first = {j: os.stat(lay.job_path("ready", j)).st_ino for j in ids}
+    _rewrite_all(lay, store, ids, spares, 1)          # no spares yet: 20 new files
+    second = {j: os.stat(lay.job_path("ready", j)).st_ino for j in ids}
+    assert len(spares.free) == 20 and fsio.list_names(lay.site_dir / "limbo") == []
+    _rewrite_all(lay, store, ids, spares, 2)          # every record written into a spare
+    third = {j: os.stat(lay.job_path("ready", j)).st_ino for j in ids}
+    assert set(third.values()) == set(first.values()), "the rewrite created new files"
+    assert not set(third.values()) & set(second.values())
+    for j in ids:
+        assert fsio.read_json(lay.job_path("ready", j)) == {"id": j, "state": "READY", "n": 2}
+    assert len(os.listdir(lay.site_dir / "spare")) == 20 and not temps_under(lay.jobs)
+
+
+def test_a_spare_rests_before_it_is_reused(tmp_path):
+    lay, ids = make_ready(tmp_path, 3)
+    spares = fsio.Spares(lay.site_dir / "spare", rest=60.0)
+    _rewrite_all(lay, Store(lay), ids, spares, 1)
+    assert len(spares.free) == 3 and spares.take() is None
+
+
+def test_a_hard_linked_record_is_never_written_into(tmp_path):
+    lay, [job_id] = make_ready(tmp_path, 1)
+    path = lay.job_path("ready", job_id)
+    keep = tmp_path / "my-copy.json"
+    os.link(path, keep)                               # a user keeps a link to the record
+    before = keep.read_bytes()
+    spares = fsio.Spares(lay.site_dir / "spare", rest=0.0)
+    _rewrite_all(lay, Store(lay), [job_id], spares, 1)
+    _rewrite_all(lay, Store(lay), [job_id], spares, 2)
+    assert keep.read_bytes() == before
+    assert fsio.read_json(path)["n"] == 2
+
+
+def test_a_reader_of_a_recycled_file_is_told_the_job_moved_on(tmp_path):
+    from spoolbalsam.spool.store import read_job
+    lay, [a, b] = make_ready(tmp_path, 2)
+    held = lay.site_dir / "spare" / "x"
+    held.parent.mkdir(parents=True)
+    os.link(lay.job_path("ready", b), held)           # a's name now reaches b's record,
+    os.replace(held, lay.job_path("ready", a))        # as through a recycled open file
+    with pytest.raises(FileNotFoundError):
+        read_job(lay.job_path("ready", a), "ready")
+    assert read_job(lay.job_path("ready", b), "ready")["id"] == b

@@ -21,6 +21,7 @@
       site/events.jsonl           the site's event log
       site/merged.json            how far the site has merged each launcher's events
       site/limbo/                 the site's private hand-over area
+      site/spare/                 replaced records the site reuses as temps (fsio.Spares)
       site/intake/                dropped files the site has taken and not yet finished
       batch/ID/                   one batch job: request.json, state.json, qlaunch script
       data/WORKDIR/job.out        each job's working directory and output

@@ -8,8 +8,9 @@ Rules (see ``layout`` for the tree)
    record unchanged (claim, finish, return of an unstarted claim).  A *move with a rewrite*
    first renames the record into the mover's private ``limbo/`` (the commit point: it now
    owns the job exclusively), then publishes the new record with ``write_atomic`` at the
-   destination, then unlinks the limbo copy.  Because the old name is gone before the new
-   one appears, a rewrite can never resurrect a job someone else moved meanwhile.
+   destination, then drops the limbo copy (a batch keeps it as a spare, ``fsio.Spares``).
+   Because the old name is gone before the new one appears, a rewrite can never resurrect
+   a job someone else moved meanwhile.
 3. Nobody writes into ``running/L/``: launcher L renames in (claim) and out (finish); the
    site renames out only to revoke.  A slow launcher whose job was revoked finds its final
    rename fails and records a zombie event instead of a verdict.
@@ -47,9 +48,18 @@ LIMBO_SEP = "@"   # limbo file name: ID@DESTDIR.json
 def read_job(path: Path, directory: str, retry: bool = True) -> dict:
     """The record at ``path``, which lies in state directory ``directory``, as it stands: a
     record the site published as dropped gets its system fields (``published_as_dropped``,
-    dated by the file's mtime).  Every reader of records outside ``created/`` uses this."""
+    dated by the file's mtime).  Every reader of records outside ``created/`` uses this.
+
+    # race: the site recycles the files of records it replaced (``fsio.Spares``), so a
+    # reader that opened ``X.json`` just before a merge replaced it may read a later record
+    # of another job through its open file.  Every record is named after its id, so such a
+    # read is recognised and reported as what it is: X has moved on from this file.
+    """
     rec, mtime = fsio.read_json_mtime(path, retry)
     if directory != "created" and isinstance(rec, dict):
+        name = os.path.basename(path)
+        if rec.get("id") != name[: name.find(".json")].partition(LIMBO_SEP)[0]:
+            raise FileNotFoundError(errno.ENOENT, "the file now holds another record", str(path))
         rec = published_as_dropped(rec, mtime)
     return rec
 
@@ -173,7 +183,7 @@ class Store:
             os.unlink(held)
         else:
             batch.add_json(dst, record)
-            batch.after_commit(lambda: fsio.unlink_quiet(held))
+            batch.retire(held)
         return True
 
     def _dest_key(self, dst: Path) -> str:
