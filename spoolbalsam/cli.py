@@ -17,6 +17,7 @@ import click
 from . import settings as settings_mod
 from .spool import fsio
 from .spool.layout import MARKER, Layout, SiteNotFound, find_site
+from .spool.lease import pid_alive
 
 
 class UserError(click.ClickException):
@@ -162,7 +163,8 @@ def site_stop(ctx, timeout):
     os.kill(info["pid"], 15)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if not service.running_site(layout):
+        # the process removes its pid file and then exits: wait for both
+        if not service.running_site(layout) and not pid_alive(info["pid"], info.get("pid_start")):
             click.echo(f"Site stopped (pid {info['pid']}).")
             return
         time.sleep(0.05)
