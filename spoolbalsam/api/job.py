@@ -7,9 +7,9 @@ Guarantees
   resources, ``launch_params``, ``wall_time_min``, ``parent_ids``) and checks nothing until
   it is saved; an unsaved job has ``id is None``.
 * Creating is ``spoolbalsam.submit.submit_jobs``: every job is validated the way the site
-  will (``intake.check_job``) and all are written to ``jobs/created/`` under one grouped
-  sync per site.  Nothing is written unless every job is valid; the ``SubmitError`` names
-  the job and the field.  The API adds one dict per job on top of it.
+  will (``intake.check_job``), then all are written to ``jobs/created/``, a chunk of
+  them under each grouped sync.  Nothing is written unless every job is valid; the
+  ``SubmitError`` names the job and the field.  The API adds one dict per job on top of it.
 * Changing a saved job (``save()`` after setting fields, ``state = ...``, queries'
   ``update``) is a move with a rewrite (``Store.move_rewrite``) through this process's own
   limbo directory, so it can never resurrect a job a launcher claimed meanwhile: if the

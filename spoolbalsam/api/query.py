@@ -461,7 +461,7 @@ class JobManager:
         return job
 
     def bulk_create(self, jobs) -> list:
-        """Create many jobs under one grouped sync per site; returns them (now with ids)."""
+        """Create many jobs (a grouped sync per chunk of them); returns them (now with ids)."""
         jobs = list(jobs)
         # The cyclic GC would walk every live job again and again while 100,000 records
         # are built (none of them cyclic); pausing it saves ~10-20% of a bulk create.
