@@ -80,7 +80,6 @@ def command_for(rec: dict, app: App) -> str:
 def start(rec: dict, app: App, placement: Placement, *, site_root: Path, workdir: Path,
           machine, mode: str, path: Path, argv: list[str] | None = None) -> Running:
     """Start ``rec``.  ``argv`` overrides the rendered command (Python run() apps)."""
-    workdir.mkdir(parents=True, exist_ok=True)
     out = workdir / "job.out"
     command = argv or argv_for(command_for(rec, app))
     req = Request.from_job(rec)
@@ -94,7 +93,12 @@ def start(rec: dict, app: App, placement: Placement, *, site_root: Path, workdir
                            launch_params=rec.get("launch_params") or {})
     else:
         env = job_environment(rec, app, site_root, workdir, machine, placement.gpus[0])
-    with open(out, "wb") as fh:
+    try:
+        fh = open(out, "wb")
+    except FileNotFoundError:            # the site makes it when the job becomes ready
+        workdir.mkdir(parents=True, exist_ok=True)
+        fh = open(out, "wb")
+    with fh:
         proc = subprocess.Popen(command, cwd=workdir, stdout=fh, stderr=subprocess.STDOUT,
                                 stdin=subprocess.DEVNULL, env=env, start_new_session=True)
     try:
