@@ -136,9 +136,12 @@ def site_is_running(site: Path) -> bool:
 
 
 def reap_leftovers(site: Path) -> list[int]:
-    """SIGKILL processes whose environment holds SPOOL_SITE=<site> (jobs a failed test left)."""
+    """SIGKILL processes whose environment holds SPOOL_SITE=<site> (jobs a failed test left).
+
+    All are stopped (SIGSTOP) before any is killed, as in a node crash: none of them sees
+    another die and reacts (a launcher's starter would kill its jobs itself)."""
     key = f"SPOOL_SITE={site}".encode()
-    killed = []
+    found = []
     for d in Path("/proc").iterdir():
         if not d.name.isdigit() or int(d.name) == os.getpid():
             continue
@@ -148,10 +151,17 @@ def reap_leftovers(site: Path) -> list[int]:
             continue
         if key in env:
             try:
-                os.kill(int(d.name), signal.SIGKILL)
-                killed.append(int(d.name))
+                os.kill(int(d.name), signal.SIGSTOP)
+                found.append(int(d.name))
             except ProcessLookupError:
                 pass
+    killed = []
+    for pid in found:
+        try:
+            os.kill(pid, signal.SIGKILL)
+            killed.append(pid)
+        except ProcessLookupError:
+            pass
     return killed
 
 

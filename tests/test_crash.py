@@ -249,39 +249,42 @@ def test_a_run_end_read_without_its_outcome_is_merged_with_it_later(site):
     assert [h["to"] for h in rec["history"]][-3:] == ["RUNNING", "RUN_DONE", "JOB_FINISHED"]
 
 
-# A launcher killed (a real SIGKILL, sent by itself) the instant after it started a job's
-# process, before it could log anything about it.
+# A launcher killed (a real SIGKILL, sent by itself) the instant its starter reported a job's
+# process running, before it could log anything about it.  The job's pid goes to a file.
 KILLED_AFTER_START = """
 import os, signal, sys
-from spoolbalsam.launch import runner
-real = runner.start
-def start(*a, **k):
-    run = real(*a, **k)
+from spoolbalsam.launch.launcher import Launcher
+def announce(self, run):
+    with open(sys.argv[2], "w") as f:
+        f.write(str(run.proc.pid))
     os.kill(os.getpid(), signal.SIGKILL)
-runner.start = start
+Launcher._announce = announce
 from spoolbalsam.cli import cli
 cli(["--site", sys.argv[1], "launcher", "-j", "serial", "-t", "10", "--idle-ttl", "30"])
 """
 
 
-def test_kill9_right_after_a_start_still_never_runs_a_job_twice(running_site):
+def test_kill9_right_after_a_start_still_never_runs_a_job_twice(running_site, tmp_path):
     import subprocess
     import sys
     site = running_site
     write_app(site, "Marker", MARKER)
     drop(site, "aim.json", job("Marker", "aim/1", parameters={"secs": "30"}))
     wait_for(lambda: locate(site, "aim") == "ready", 20, "ready")
-    proc = subprocess.Popen([sys.executable, "-c", KILLED_AFTER_START, str(site)],
+    pid_file = tmp_path / "first.pid"
+    proc = subprocess.Popen([sys.executable, "-c", KILLED_AFTER_START, str(site), str(pid_file)],
                             start_new_session=True)
     proc.wait(30)
     assert proc.returncode == -9
-    wait_for(lambda: attempts(site, "aim/1"), 10, "attempt 1 started")
-    first_pid = attempts(site, "aim/1")[0][2]
+    first_pid = int(pid_file.read_text())
+    # the launcher's starter sees it go and kills the job it had started for it
+    wait_for(lambda: not pid_alive(first_pid), 10, "attempt 1's process killed")
     wait_for(lambda: locate(site, "aim") == "ready", 20, "revoked")
     start_launcher(site, idle_ttl=2)
     wait_for(lambda: ("start", 2) in [(w, a) for w, a, _ in attempts(site, "aim/1")], 30,
              "attempt 2 started")
-    assert not pid_alive(first_pid), "attempt 1 still running beside attempt 2"
+    assert [(w, a) for w, a, _ in attempts(site, "aim/1") if a == 1] in ([], [("start", 1)])
+    assert record(site, "aim")["attempt"] == 2
 
 
 def test_a_retry_killed_midway_leaves_the_job_visible_and_recoverable(site, monkeypatch):

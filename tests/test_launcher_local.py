@@ -84,7 +84,9 @@ def test_nonzero_exit_is_retried_per_policy_then_failed_with_output_tail(site):
     site_obj(site).intake()
     start_launcher(site, idle_ttl=1.5)
     wait_for(lambda: locate(site, "f") == "failed", 30, "job failed")
-    rec = record(site, "f")
+    # the launcher's last verdict reaches the record when the site merges it
+    rec = wait_for(lambda: (lambda r: r if r.get("return_code") is not None else None)(
+        record(site, "f")), 10, "the final verdict merged")
     assert rec["attempt"] == 3 and rec["retries"]["errors"] == 3
     assert rec["state"] == "FAILED" and rec["return_code"] == 3
     assert "failing attempt 3" in rec["error"] and "retry policy spent" in rec["error"]
@@ -166,6 +168,95 @@ def test_a_job_killed_from_outside_goes_back_for_another_launcher(site):
     assert "killed by signal SIGTERM" in json.dumps(rec["history"])
     # this launcher did not run it again (whatever killed it may kill it again here)
     assert [e["to"] for e in launcher_events(site) if e.get("job") == "k"].count("RUNNING") == 1
+
+
+def test_a_dead_starter_stops_its_launcher_and_its_jobs_go_back(site):
+    drop(site, "st.json", job("Sleep", "starter/k", parameters={"secs": "30"}))
+    site_obj(site).intake()
+    proc = start_launcher(site, idle_ttl=30)
+    pid = wait_for(lambda: _job_pids(site, ["st"]).get("st"), 20, "the job running")
+    ppid = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[1]
+    starter = int(ppid)                          # the job's parent: its launcher's starter
+    assert b"spoolbalsam.launch.starter" in open(f"/proc/{starter}/cmdline", "rb").read()
+    os.kill(starter, signal.SIGKILL)
+    wait_for(lambda: proc.poll() is not None, 20, "launcher exit")
+    assert not pid_alive(pid), "the job outlived its starter and launcher"
+    assert locate(site, "st") == "ready" and record(site, "st")["attempt"] == 2
+    [lid] = launcher_ids(site)
+    lease = json.loads((site / "launchers" / lid / "lease.json").read_text())
+    assert lease["state"] == "exited" and "starter" in lease["exit_reason"]
+
+
+def launcher_events_to(site, to: str) -> list[dict]:
+    return [e for e in launcher_events(site) if e.get("to") == to]
+
+
+def _lease(site) -> dict:
+    [lid] = launcher_ids(site)
+    return json.loads((site / "launchers" / lid / "lease.json").read_text())
+
+
+def _overlaps_on_a_cpu(runs: list[dict]) -> list:
+    by_cpu: dict = {}
+    for r in runs:
+        for c in r["placement"]["cpus"][0]:
+            by_cpu.setdefault(c, []).append((r["started_at"], r["ended_at"], r["id"]))
+    bad = []
+    for spans in by_cpu.values():
+        spans.sort()
+        bad += [(a[2], b[2]) for a, b in zip(spans, spans[1:]) if b[0] < a[1]]
+    return bad
+
+
+def test_short_jobs_follow_each_other_on_a_slot_as_standbys_never_sharing_it(site):
+    write_app(site, "Quick", {"command_template": "true"})
+    ids = [f"q{i:03d}" for i in range(120)]
+    for j in ids:
+        drop(site, f"{j}.json", job("Quick", f"quick/{j}", node_packing_count=4))
+    site_obj(site).intake()
+    proc = start_launcher(site, idle_ttl=1)
+    wait_for(lambda: proc.poll() is not None, 60, "launcher idle exit")
+    s = site_obj(site)
+    s.merge()
+    runs = [record(site, j) for j in ids]
+    assert all(r["state"] == "JOB_FINISHED" and r["attempt"] == 1 for r in runs)
+    assert _lease(site)["standbys"] > 0, "no job was queued as a standby"
+    assert _overlaps_on_a_cpu(runs) == [], "a standby started before its slot was free"
+    events = [e for e in launcher_events(site) if e.get("to") == "RUNNING"]
+    assert sorted(e["job"] for e in events) == ids, "a job started twice or not at all"
+
+
+def test_a_job_that_runs_long_gets_no_standby(site):
+    for j in ("l1", "l2", "l3"):
+        drop(site, f"{j}.json", job("Sleep", f"long/{j}", parameters={"secs": "1.5"}))
+    site_obj(site).intake()              # each takes the whole node: one at a time
+    proc = start_launcher(site, idle_ttl=1)
+    wait_for(lambda: proc.poll() is not None, 60, "launcher idle exit")
+    assert _lease(site)["standbys"] == 0 and _lease(site)["finished"] == 3
+
+
+def test_sigterm_returns_waiting_standbys_unchanged(site):
+    write_app(site, "Nap", {"command_template": "sleep 0.2"})
+    ids = [f"n{i:03d}" for i in range(400)]
+    for j in ids:
+        drop(site, f"{j}.json", job("Nap", f"nap/{j}", node_packing_count=4))
+    site_obj(site).intake()
+    proc = start_launcher(site, idle_ttl=30)
+    wait_for(lambda: len(launcher_events_to(site, "JOB_FINISHED")) >= 40, 60, "40 jobs done")
+    os.kill(proc.pid, signal.SIGTERM)
+    wait_for(lambda: proc.poll() is not None, 30, "launcher exit after SIGTERM")
+    assert _lease(site)["standbys"] > 0
+    assert ids_in(site, "running") == []
+    # the stop ends the job of each of the 4 slots; nothing queued behind them starts
+    stopped = {e["job"] for e in launcher_events_to(site, "RUN_TIMEOUT")}
+    assert 1 <= len(stopped) <= 4, stopped
+    started = {e["job"] for e in launcher_events_to(site, "RUNNING")}
+    for j in ids:
+        where, rec = locate(site, j), record(site, j)
+        if j not in started:             # claimed as a standby perhaps, but never run
+            assert where == "ready" and rec["attempt"] == 1 and rec["state"] == "READY", rec
+        else:
+            assert where in ("done", "ready"), (j, where)
 
 
 def test_sigterm_puts_running_jobs_back_for_restart(site):

@@ -128,7 +128,7 @@ def test_more_jobs_than_gpus_each_job_starts_once(mpi_site):
     twice = {k: n for k, n in starts.items() if n != 1}
     assert not twice, f"jobs started more than once: {twice}\n{err}"
     assert sorted(j for j, _ in starts) == sorted(ids)
-    assert "24 launched, 24 finished" in (site / "log").joinpath(
+    assert "24 launched, 0 of them as standbys, 24 finished" in (site / "log").joinpath(
         next(p.name for p in (site / "log").glob("launcher-*.log"))).read_text()
 
     done = records(site, "done")

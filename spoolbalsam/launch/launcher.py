@@ -4,7 +4,9 @@ One launcher is one claimer with its own id L, its own ``jobs/running/L/`` and i
 ``launchers/L/`` (lease, event log, limbo).  Serial mode runs one launcher per node, each
 placing single-node jobs on its own cores and gpus and starting them directly; MPI mode runs
 one launcher on the head node that places jobs over all nodes and starts each through the
-machine's mpiexec.  There is no master and no socket: the spool is the only channel.
+machine's mpiexec.  There is no master: the spool is the only channel between launchers
+and the site.  Inside one launcher, a child process, its *starter* (``starter``), creates
+each job's ``job.out``, execs and reaps it, so this loop never waits for an exec.
 
 One ``tick(now)``:
 
@@ -22,7 +24,11 @@ One ``tick(now)``:
 4. fill free resources: read candidates from a random bucket of ``ready/``, keep those whose
    tags match, whose ``wall_time_min`` fits the time left and that could ever fit here; let
    ``placement.choose`` place them (no head-of-line blocking, no starvation), claim each by
-   rename and start it.  A lost race (ENOENT) just releases the placement.
+   rename and start it.  A lost race (ENOENT) just releases the placement.  Behind a job
+   of an app whose recent runs were short (under ``STANDBY_BELOW_SEC``), up to
+   ``STANDBY_DEPTH`` claimed jobs of the same shape wait in the starter as *standbys* and
+   start on its resources the moment it is reaped: short tasks go back to back without
+   waiting for this loop.  A standby that never started goes back to ``ready/`` unchanged.
 
 The loop exits when the walltime is used up, after ``idle_ttl_sec`` with nothing running
 and nothing claimable, when the mpiexec budget is spent and running jobs have finished, or
@@ -49,6 +55,7 @@ from ..spool.store import Store, read_job
 from . import pyapp, runner
 from .placement import NodePool, choose
 from .resources import NodeSpec, Request
+from .starter import Starter
 
 log = logging.getLogger("spoolbalsam.launcher")
 IDLE_SCAN_SEC = 0.1          # rescan an empty ready/ this often
@@ -56,6 +63,8 @@ IDLE_SCAN_SEC = 0.1          # rescan an empty ready/ this often
 KILLED = {-signal.SIGTERM: "SIGTERM", -signal.SIGKILL: "SIGKILL",
           128 + signal.SIGTERM: "SIGTERM", 128 + signal.SIGKILL: "SIGKILL"}
 MAX_SCAN_BUCKETS = 16        # buckets read per fill before giving the loop back
+STANDBY_DEPTH = 3            # jobs queued in the starter behind each running one ...
+STANDBY_BELOW_SEC = 1.0      # ... if recent runs of its app were this short (else none)
 VERDICT_SYNC_SEC = 0.02      # verdicts of jobs ending this close together share one fsync
 
 
@@ -116,11 +125,14 @@ class Launcher:
         self.backlog_dir: Path | None = None
         self.empty_round_at = float("-inf")     # start of the last pass that found nothing
         self.launches = 0
+        self.standbys = 0                       # of them, queued as standbys (see starter)
         self.mpiexecs = 0                       # launches through mpiexec/srun (the budget)
         self.finished = 0
         self.draining: str | None = None        # why we stopped starting jobs
         self.exit_reason: str | None = None
         self.verdicts: list = []                # renames waiting for the events' fsync
+        self._starter: Starter | None = None    # started with the first job
+        self.run_sec: dict[str, float] = {}     # app -> recent run time (moving average)
         self.verdicts_since = 0.0
 
     # ---- events ---------------------------------------------------------------------------
@@ -191,11 +203,8 @@ class Launcher:
                     fsio.list_names(self.layout.site_dir / "intake", suffix=""))
 
     def wait(self) -> None:
-        """Sleep until a job ends, or until it is time to look for work again.
-
-        Each running job has a pidfd; ``poll`` on them returns the moment one exits, so a
-        finished job is reaped at once instead of on the next fixed tick.
-        """
+        """Sleep until the starter reports (a job started or ended), or until it is time
+        to look for work again: a finished job is reaped at once, not on a fixed tick."""
         if not self.running:
             time.sleep(min(IDLE_SCAN_SEC, 0.05))
             return
@@ -203,15 +212,8 @@ class Launcher:
         if self.verdicts:
             left = self.verdicts_since + VERDICT_SYNC_SEC - time.monotonic()
             timeout = min(timeout, max(left, 0.0))
-        fds = [r.pidfd for r in self.running.values() if r.pidfd is not None]
-        if not fds or len(fds) < len(self.running):
-            time.sleep(self.delay)
-            return
-        poller = select.poll()
-        for fd in fds:
-            poller.register(fd, select.POLLIN)
         try:
-            poller.poll(timeout * 1000)
+            select.select([self.starter], [], [], timeout)
         except InterruptedError:
             pass
 
@@ -231,15 +233,18 @@ class Launcher:
             if job_id not in self.running:
                 if self.store.move(self.rdir / name, self.layout.job_path("ready", job_id)):
                     self.store.drop_token(job_id)
+        if self._starter is not None:
+            self._starter.close()
         self.events.close()
         self.lease.beat(force=True, state="exited", exit_reason=self.exit_reason or self.draining,
-                        launches=self.launches, finished=self.finished)
+                        launches=self.launches, finished=self.finished, standbys=self.standbys)
         try:
             self.rdir.rmdir()
         except OSError:
             pass
-        log.info("launcher %s exits: %s (%d launched, %d finished)", self.id,
-                 self.exit_reason or self.draining, self.launches, self.finished)
+        log.info("launcher %s exits: %s (%d launched, %d of them as standbys, %d finished)",
+                 self.id, self.exit_reason or self.draining, self.launches, self.standbys,
+                 self.finished)
 
     # ---- reaping --------------------------------------------------------------------------
     def reap(self, now: float) -> None:
@@ -249,17 +254,50 @@ class Launcher:
         """The jobs that ended, out of ``running`` with their resources released, so that a
         fill can start the next jobs before these verdicts are written."""
         ended = []
+        if self._starter is not None:
+            self._starter.pump()
+            if self._starter.dead and not self.draining:
+                self.request_stop("its job starter exited")
         for job_id, run in list(self.running.items()):
+            if run.proc.error is not None or run.proc.dropped is not None:   # never started
+                del self.running[job_id]
+                self._let_go(run)
+                self.launches -= 1
+                self.mpiexecs -= run.used_mpi
+                self.standbys -= run.after is not None
+                if run.proc.dropped is not None:   # not the job's fault: back, unchanged
+                    log.info("job %s not started: %s", job_id, run.proc.dropped)
+                    if self.store.move(run.path, self.layout.job_path("ready", job_id)):
+                        self.store.drop_token(job_id)
+                else:
+                    self._fail_start(run.path, run.record, None,
+                                     f"could not start: {run.proc.error}")
+                continue
+            if run.proc.pid is not None and not run.announced:
+                self._announce(run)
             rc = run.proc.poll()
             if rc is None:
                 runner.kill_if_due(run, now)
                 continue
             del self.running[job_id]
-            run.close()
-            self.pool.release(run.placement)
+            self._let_go(run)
             self.finished += 1
-            ended.append((run, rc, time.time()))     # when it was seen to end
+            ended.append((run, rc, run.proc.ended_at))
+            app, took = run.record["app"], run.proc.ended_at - (run.started_at or run.proc.ended_at)
+            self.run_sec[app] = 0.7 * self.run_sec.get(app, took) + 0.3 * took
         return ended
+
+    def _let_go(self, run: runner.Running) -> None:
+        """``run`` has left ``running``: its resources pass to its standby if it has one
+        still waiting or running on them, or go back to the pool."""
+        nxt = self.running.get(run.standby) if run.standby else None
+        if nxt is not None and nxt.after == run.job_id:
+            nxt.holds = True
+        elif run.holds:
+            self.pool.release(run.placement)
+        before = self.running.get(run.after) if run.after else None
+        if before is not None and before.standby == run.job_id:
+            before.standby = None              # a dropped standby: the slot may get another
 
     def judge(self, ended: list, now: float) -> None:
         """Write the verdicts of ``ended`` jobs; their renames follow the events' sync."""
@@ -497,11 +535,63 @@ class Launcher:
                 self.pool.release(placement)
                 continue
             self._start(claimed, placement, expected)
-        if placed:
-            self.events.flush(durable=False)   # the pids of new jobs, for the site's revoke
         self.cands = [p for p, _ in batch if p not in placed] + keep
+        self._queue_standbys(time_left_min)
         live = set(self.cands)
         self.parsed = {p: v for p, v in self.parsed.items() if p in live}
+
+    def _queue_standbys(self, time_left_min: float) -> None:
+        """Give each running single-rank job without one a standby: a claimed candidate of
+        the same shape that the starter starts on its resources the moment it is reaped
+        (see ``starter``).  A slot then goes from job to job without waiting for this loop.
+
+        Only behind jobs of apps whose recent runs were short (STANDBY_BELOW_SEC): a standby
+        is claimed but waits, and a long wait would hold back a job that another launcher,
+        with free resources, could run now.
+        """
+        if self.mode != "serial" or self.draining or not self.cands:
+            return
+        short = {app for app, sec in self.run_sec.items() if sec < STANDBY_BELOW_SEC}
+        slots = [r for r in self.running.values() if r.record["app"] in short
+                 and r.standby is None and not r.used_mpi
+                 and r.kill_at is None and r.proc.returncode is None
+                 and r.proc.error is None and r.proc.dropped is None
+                 and self._standby_depth(r) < STANDBY_DEPTH]
+        if not slots:
+            return
+        # the last wall-clock moment a job of ``wall`` minutes may start here
+        end_wall = time.time() + (self.end_at - self.margin - time.monotonic())
+        keep = []
+        for path in self.cands:
+            got = self._candidate(path, time_left_min) if slots else None
+            if got is None:
+                if path in self.parsed:
+                    keep.append(path)
+                continue
+            rec, req, wall = got
+            if runner.needs_mpi("serial", req) or not any(r.req == req for r in slots):
+                keep.append(path)
+                continue
+            before = next(r for r in slots if r.req == req)
+            self.parsed.pop(path)
+            claimed = self.store.claim(path, self.id)
+            if claimed is None:
+                continue
+            slots.remove(before)
+            self._start(claimed, before.placement, req, after=before,
+                        by=end_wall - (wall or 0) * 60)
+            queued = self.running.get(claimed.name[:-5])
+            if queued is not None and self._standby_depth(queued) < STANDBY_DEPTH:
+                slots.append(queued)         # the chain may grow behind it
+        self.cands = keep
+
+    def _standby_depth(self, run: runner.Running) -> int:
+        """How many standbys are ahead of ``run`` on its slot (0: it is the slot's job)."""
+        depth = 0
+        while run.after is not None and run.after in self.running:
+            run = self.running[run.after]
+            depth += 1
+        return depth
 
     def _affinity(self, rec: dict, placement) -> dict:
         """What the job's ranks see: the gpu variable, each rank's mask, the tile mode."""
@@ -519,51 +609,73 @@ class Launcher:
         tags = rec.get("tags") or {}
         return all(tags.get(k) == v for k, v in self.filter_tags.items())
 
-    def _start(self, path: Path, placement, expected: Request | None = None) -> None:
+    def _start(self, path: Path, placement, expected: Request | None = None,
+               after: runner.Running | None = None, by: float | None = None) -> None:
+        """Start a claimed job on ``placement`` -- or, with ``after``, queue it as that
+        job's standby on its placement, which it does not own until that job has left."""
         job_id = path.name[:-5]
+        owned = placement if after is None else None    # what a failure here releases
         if job_id in self.running:            # never two processes for one job
-            self.pool.release(placement)
+            self._unplace(owned)
             return
         try:
             rec = read_job(path, "running")   # the claimed content is the authority
         except (FileNotFoundError, ValueError):
-            self.pool.release(placement)
+            self._unplace(owned)
             return
         if expected is not None and Request.from_job(rec) != expected:
             # race: the record was rewritten (resources changed) after we read it as a
             # candidate; the placement may not suit it.  It goes back, unstarted.
-            self.pool.release(placement)
+            self._unplace(owned)
             self.store.move(path, self.layout.job_path("ready", job_id))
             self.store.drop_token(job_id)
             return
         app = self.apps.get(rec["app"])
         if app is None:
             why = self.apps.errors.get(rec["app"], f"apps/{rec['app']}.yml is missing")
-            return self._fail_start(path, rec, placement, f"app {rec['app']} unusable: {why}")
+            return self._fail_start(path, rec, owned, f"app {rec['app']} unusable: {why}")
         workdir = self.layout.workdir(rec["workdir"])   # made by the site, or by runner.start
         if app.python_class:
             workdir.mkdir(parents=True, exist_ok=True)      # hooks and run() start in it
         res = self._hook(app, rec, "preprocess")
         if res is not None:
             if res.get("error") or res.get("state") == S.FAILED:
-                return self._fail_start(path, rec, placement,
+                return self._fail_start(path, rec, owned,
                                         f"preprocess failed: {res.get('error') or 'set FAILED'}")
             extra = {"data": res["data"]} if res.get("data") is not None else {}
             rec = self.emit(rec, S.PREPROCESSED, msg=res.get("state_data"), **extra)
         try:
             run = runner.start(rec, app, placement, site_root=self.layout.root, workdir=workdir,
-                               machine=self.machine, mode=self.mode, path=path)
+                               machine=self.machine, mode=self.mode, path=path,
+                               starter=self.starter, after=after and after.job_id, by=by)
         except Exception as e:  # noqa: BLE001 - a job that cannot start fails; the launcher goes on
-            return self._fail_start(path, rec, placement, f"could not start: {type(e).__name__}: {e}")
-        run.record = self.emit(rec, S.RUNNING, host=placement.hosts[0],
-                               placement=placement.to_json(), pid=run.proc.pid,
-                               host_name=fsio.HOST,
-                               pid_start=proc_start(run.proc.pid),
-                               affinity=self._affinity(rec, placement), started_at=run.started_at,
-                               t=run.started_at)     # the same instant as the run's end says
+            return self._fail_start(path, rec, owned, f"could not start: {type(e).__name__}: {e}")
+        if after is not None:
+            after.standby = run.job_id
+            self.standbys += 1
         self.launches += 1
         self.mpiexecs += run.used_mpi
-        self.running[rec["id"]] = run
+        self.running[rec["id"]] = run        # RUNNING is written when the starter has its pid
+
+    def _unplace(self, placement) -> None:
+        if placement is not None:
+            self.pool.release(placement)
+
+    def _announce(self, run: runner.Running) -> None:
+        """Write the RUNNING event of a job whose process the starter reports started."""
+        rec, placement = run.record, run.placement
+        run.record = self.emit(rec, S.RUNNING, host=placement.hosts[0],
+                               placement=placement.to_json(), pid=run.proc.pid,
+                               host_name=fsio.HOST, pid_start=run.proc.pid_start,
+                               affinity=self._affinity(rec, placement), started_at=run.started_at,
+                               t=run.started_at)     # the same instant as the run's end says
+        run.announced = True
+
+    @property
+    def starter(self) -> Starter:
+        if self._starter is None:
+            self._starter = Starter()
+        return self._starter
 
     def _fail_start(self, path: Path, rec: dict, placement, msg: str) -> None:
         log.warning("job %s: %s", rec["id"], msg)
@@ -571,7 +683,7 @@ class Launcher:
         self.events.flush()
         if self.store.move_rewrite(path, self.layout.job_path("failed", rec["id"]), rec, self.limbo):
             self.store.drop_token(rec["id"])
-        self.pool.release(placement)
+        self._unplace(placement)
 
 
 def _cleanup(workdir: Path, globs) -> None:

@@ -1,4 +1,4 @@
-"""Start one job's process and collect its end.
+"""Start one job's process (through the launcher's ``starter``) and collect its end.
 
 A job runs in ``data/<workdir>/`` with stdout and stderr in ``job.out`` (truncated at each
 launch), in a new session (so a timeout kills the whole process group), with::
@@ -15,13 +15,13 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..apps import App, argv_for
 from .resources import Placement, Request
+from .starter import Child, Starter
 
 
 @dataclass
@@ -30,21 +30,23 @@ class Running:
     record: dict
     path: Path                  # running/L/ID.json
     placement: Placement
-    proc: subprocess.Popen
+    proc: Child                 # pid, start time and return code, as the starter reports them
     out: Path
-    started_at: float
-    started_mono: float
     kill_at: float | None = None          # monotonic: SIGKILL after this
     timed_out: bool = False
     used_mpi: bool = False                # started through mpiexec/srun (counts in the budget)
-    pidfd: int | None = None              # readable when the process exits (Linux >= 5.3)
     app: App | None = None                # the definition it was started with
+    announced: bool = False               # its RUNNING event is written
+    req: Request | None = None            # its shape: a standby must have the same
+    after: str | None = None              # a standby: starts when this job is reaped
+    standby: str | None = None            # the job that starts when this one is reaped
+    holds: bool = True                    # releases the placement when it leaves (a
+                                          # standby holds it once its predecessor left)
     extra: dict = field(default_factory=dict)
 
-    def close(self) -> None:
-        if self.pidfd is not None:
-            os.close(self.pidfd)
-            self.pidfd = None
+    @property
+    def started_at(self) -> float | None:
+        return self.proc.started_at
 
 
 _BASE_ENV: dict[int, tuple[App, dict]] = {}
@@ -59,15 +61,15 @@ def _base_environment(app: App) -> dict:
 
 
 def job_environment(rec: dict, app: App, site_root: Path, workdir: Path, machine,
-                    gpus: tuple[str, ...]) -> dict:
-    env = dict(_base_environment(app))
-    env.update(SPOOL_JOB_ID=rec["id"], SPOOL_SITE=str(site_root),
+                    gpus: tuple[str, ...]) -> tuple[dict, dict]:
+    """(this process's environment with the app's variables, the job's own variables)."""
+    own = dict(SPOOL_JOB_ID=rec["id"], SPOOL_SITE=str(site_root),
                SPOOL_ATTEMPT=str(rec.get("attempt", 1)), SPOOL_WORKDIR=str(workdir),
                OMP_NUM_THREADS=str(rec.get("threads_per_rank", 1)))
     if gpus:
-        env["SPOOL_GPU_IDS"] = ",".join(gpus)
-        env.update(machine.gpu_env_for(tuple(gpus)))
-    return env
+        own["SPOOL_GPU_IDS"] = ",".join(gpus)
+        own.update(machine.gpu_env_for(tuple(gpus)))
+    return _base_environment(app), own
 
 
 def command_for(rec: dict, app: App) -> str:
@@ -78,35 +80,28 @@ def command_for(rec: dict, app: App) -> str:
 
 
 def start(rec: dict, app: App, placement: Placement, *, site_root: Path, workdir: Path,
-          machine, mode: str, path: Path, argv: list[str] | None = None) -> Running:
-    """Start ``rec``.  ``argv`` overrides the rendered command (Python run() apps)."""
-    out = workdir / "job.out"
+          machine, mode: str, path: Path, starter: Starter, argv: list[str] | None = None,
+          after: str | None = None, by: float | None = None) -> Running:
+    """Have ``starter`` start ``rec`` (as the standby of job ``after``, see ``starter``).
+    ``argv`` overrides the rendered command (Python run() apps).  The process exists once
+    the starter says so (``Running.proc.pid``)."""
     command = argv or argv_for(command_for(rec, app))
     req = Request.from_job(rec)
     use_mpi = needs_mpi(mode, req)
     if use_mpi:
         # mpiexec carries the job's own variables and binds each rank to its own gpus.
         from .mpi import job_argv
-        env = job_environment(rec, app, site_root, workdir, machine, ())
-        own = {k: env[k] for k in env if k.startswith("SPOOL_") or k in app.environment_variables}
-        command = job_argv(machine, placement, req, command, env=own,
+        base, own = job_environment(rec, app, site_root, workdir, machine, ())
+        carried = {k: v for k, v in {**base, **own}.items()
+                   if k.startswith("SPOOL_") or k in app.environment_variables}
+        command = job_argv(machine, placement, req, command, env=carried,
                            launch_params=rec.get("launch_params") or {})
     else:
-        env = job_environment(rec, app, site_root, workdir, machine, placement.gpus[0])
-    try:
-        fh = open(out, "wb")
-    except FileNotFoundError:            # the site makes it when the job becomes ready
-        workdir.mkdir(parents=True, exist_ok=True)
-        fh = open(out, "wb")
-    with fh:
-        proc = subprocess.Popen(command, cwd=workdir, stdout=fh, stderr=subprocess.STDOUT,
-                                stdin=subprocess.DEVNULL, env=env, start_new_session=True)
-    try:
-        pidfd = os.pidfd_open(proc.pid)
-    except (AttributeError, OSError):
-        pidfd = None
-    return Running(rec["id"], rec, path, placement, proc, out, time.time(), time.monotonic(),
-                   used_mpi=use_mpi, pidfd=pidfd, app=app)
+        base, own = job_environment(rec, app, site_root, workdir, machine, placement.gpus[0])
+    out = workdir / "job.out"
+    child = starter.start(rec["id"], command, str(workdir), str(out), base, own, after, by)
+    return Running(rec["id"], rec, path, placement, child, out, used_mpi=use_mpi, app=app,
+                   req=req, after=after, holds=after is None)
 
 
 def needs_mpi(mode: str, req: Request) -> bool:
@@ -117,20 +112,14 @@ def needs_mpi(mode: str, req: Request) -> bool:
 def terminate(run: Running, grace: float) -> None:
     """SIGTERM the job's process group now; SIGKILL it after ``grace`` seconds."""
     if run.kill_at is None:
-        _signal_group(run.proc, signal.SIGTERM)
+        run.proc.signal(signal.SIGTERM)
         run.kill_at = time.monotonic() + grace
 
 
 def kill_if_due(run: Running, now: float) -> None:
     if run.kill_at is not None and now >= run.kill_at and run.proc.poll() is None:
-        _signal_group(run.proc, signal.SIGKILL)
-
-
-def _signal_group(proc: subprocess.Popen, sig: int) -> None:
-    try:
-        os.killpg(proc.pid, sig)
-    except ProcessLookupError:
-        pass
+        run.proc.signal(signal.SIGKILL)
+        run.kill_at = now + 1.0          # again each second until it is reaped
 
 
 def tail(path: Path, lines: int, max_bytes: int = 8192) -> str:
