@@ -129,6 +129,20 @@ def _cpu(pid: int | None) -> tuple[float, float] | None:
     return (int(f[11]) + int(f[12])) / hz, (int(f[13]) + int(f[14])) / hz
 
 
+def _child_pids(pid: int) -> list[int]:
+    """The live children of ``pid`` (the launcher's job starter)."""
+    out = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                stat = open(f"/proc/{entry}/stat", "rb").read().rsplit(b") ", 1)[1].split()
+            except (OSError, IndexError):
+                continue
+            if int(stat[1]) == pid:
+                out.append(int(entry))
+    return out
+
+
 def _children_cpu() -> float:
     r = resource.getrusage(resource.RUSAGE_CHILDREN)
     return r.ru_utime + r.ru_stime
@@ -200,7 +214,9 @@ def run_spool(n: int, sleep: float, slots: int, tmp: Path, poll: float, timeout:
             time.sleep(poll if watch.left <= max(50, n // 20) else 0.1)
         if not watch.left:
             res["done"] = time.perf_counter() - t0
-        cpu = {"launcher": _cpu(_launcher_pid(layout)), "site": _cpu(_site_pid(layout))}
+        lpid = _launcher_pid(layout)
+        cpu = {"launcher": _cpu(lpid), "site": _cpu(_site_pid(layout)),
+               "starter": [_cpu(p) for p in _child_pids(lpid)] if lpid else []}
         # merged: every record in done/ carries state JOB_FINISHED and return code 0.  Give
         # up after ``merge_wait`` s without progress (a record the site never merges).
         pending = {f"{r['id']}.json" for r in recs} if not watch.left else set()
@@ -242,11 +258,16 @@ def run_spool(n: int, sleep: float, slots: int, tmp: Path, poll: float, timeout:
                 pass
         C.stop(site)
     if cpu["launcher"]:
+        # the launcher's starter (its child) starts and reaps the jobs: its own CPU is
+        # "starter", that of the jobs it reaped "jobs" (with any the launcher reaped itself)
         res["cpu_launcher"], res["cpu_jobs"] = cpu["launcher"]
+        res["cpu_starter"] = sum(c[0] for c in cpu["starter"] if c)
+        res["cpu_jobs"] += sum(c[1] for c in cpu["starter"] if c)
     if cpu["site"]:
         res["cpu_site"] = cpu["site"][0]
     if cpu["launcher"] and cpu["site"]:
-        res["cpu"] = res["cpu_create"] + sum(cpu["launcher"]) + cpu["site"][0]
+        res["cpu"] = (res["cpu_create"] + res["cpu_launcher"] + res["cpu_starter"]
+                      + res["cpu_jobs"] + res["cpu_site"])
     res["job_out"] = sum(1 for i in range(n) if (layout.data / f"b/{i:05d}/job.out").exists())
     res["failed"] = sum(1 for _ in layout.state_dir("failed").glob("*/*.json"))
     return res
@@ -403,7 +424,8 @@ def main(argv: list[str] | None = None) -> int:
         line = f"{peer:8s} {C.spread([r['cpu'] / n * 1e3 for r in rs])}"
         if peer == "spool":
             parts = [(k[4:], [r[k] / n * 1e3 for r in rs])
-                     for k in ("cpu_create", "cpu_site", "cpu_launcher", "cpu_jobs")]
+                     for k in ("cpu_create", "cpu_site", "cpu_launcher", "cpu_starter",
+                               "cpu_jobs")]
             line += "  = " + " + ".join(f"{k} {C.med(v):.2f}" for k, v in parts)
         print(line)
     return 0
