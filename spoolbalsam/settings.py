@@ -22,7 +22,6 @@ DEFAULTS: dict = {
     "filter_tags": {},
     "launcher": {
         "idle_ttl_sec": 30.0,         # exit after this long with nothing running and nothing ready
-        "delay_sec": 0.002,           # tick when jobs run; idle ticks back off to 0.25 s
         "error_tail_num_lines": 10,
         "sigterm_grace_sec": 10.0,    # SIGTERM -> SIGKILL at walltime end
         "walltime_margin_min": 1.0,   # stop starting/kill jobs this long before the walltime

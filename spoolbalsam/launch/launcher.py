@@ -84,7 +84,6 @@ class Launcher:
         self.pool = NodePool(nodes)
         self.filter_tags = {**settings.get("filter_tags", {}), **(filter_tags or {})}
         self.idle_ttl = lset.get("idle_ttl_sec", 30.0) if idle_ttl_sec is None else idle_ttl_sec
-        self.delay = lset.get("delay_sec", 0.002)
         self.grace = lset.get("sigterm_grace_sec", 10.0)
         self.margin = lset.get("walltime_margin_min", 1.0) * 60
         self.tail_lines = lset.get("error_tail_num_lines", 10)
