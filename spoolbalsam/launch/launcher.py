@@ -131,6 +131,8 @@ class Launcher:
         self.exit_reason: str | None = None
         self.verdicts: list = []                # renames waiting for the events' fsync
         self._starter: Starter | None = None    # started with the first job
+        self.signalled: str | None = None       # SIGTERM/SIGINT noted, acted on by tick
+        self._wake_r: int | None = None         # readable when a signal came (run())
         self.run_sec: dict[str, float] = {}     # app -> recent run time (moving average)
         self.verdicts_since = 0.0
 
@@ -148,13 +150,18 @@ class Launcher:
         if not self.draining:
             self.draining = why
             log.info("launcher %s: %s; no new jobs, stopping running ones", self.id, why)
+            if self._starter is not None:
+                self._starter.pump()       # a job already reaped ended on its own
             for run in self.running.values():
-                run.timed_out = True
-                runner.terminate(run, self.grace)
+                if run.proc.returncode is None:
+                    run.timed_out = True
+                    runner.terminate(run, self.grace)
 
     def tick(self, now: float | None = None) -> bool:
         """One iteration; False when the launcher is done."""
         now = time.monotonic() if now is None else now
+        if self.signalled:
+            self.request_stop(self.signalled)
         self.lease.beat(now)
         if (self.dir / "stop").exists():
             self.request_stop("stop requested")
@@ -188,13 +195,26 @@ class Launcher:
 
     def run(self) -> str:
         """Tick until done; returns why the launcher stopped."""
-        signal.signal(signal.SIGTERM, lambda *_: self.request_stop("SIGTERM"))
-        signal.signal(signal.SIGINT, lambda *_: self.request_stop("SIGINT"))
+        # race: a signal arrives between any two bytecodes, also in the middle of a message
+        # to the starter.  The handler only takes note; the next tick stops, and the wakeup
+        # descriptor ends the wait at once.
+        def note(signum, _frame):
+            self.signalled = signal.Signals(signum).name
+        signal.signal(signal.SIGTERM, note)
+        signal.signal(signal.SIGINT, note)
+        self._wake_r, wake_w = os.pipe()
+        for fd in (self._wake_r, wake_w):
+            os.set_blocking(fd, False)
+        previous = signal.set_wakeup_fd(wake_w)
         try:
             while self.tick():
                 self.wait()
         finally:
+            signal.set_wakeup_fd(previous)
             self.shutdown()
+            for fd in (self._wake_r, wake_w):
+                os.close(fd)
+            self._wake_r = None
         return self.exit_reason or "stopped"
 
     def _drops_pending(self) -> bool:
@@ -211,10 +231,13 @@ class Launcher:
         if self.verdicts:
             left = self.verdicts_since + VERDICT_SYNC_SEC - time.monotonic()
             timeout = min(timeout, max(left, 0.0))
-        try:
-            select.select([self.starter], [], [], timeout)
-        except InterruptedError:
-            pass
+        watched = [self.starter] + ([self._wake_r] if self._wake_r is not None else [])
+        ready, _, _ = select.select(watched, [], [], timeout)
+        if self._wake_r in ready:
+            try:
+                os.read(self._wake_r, 512)
+            except BlockingIOError:
+                pass
 
     def shutdown(self) -> None:
         """Leave nothing behind: end running jobs, return unstarted claims, say goodbye."""
@@ -290,13 +313,20 @@ class Launcher:
         """``run`` has left ``running``: its resources pass to its standby if it has one
         still waiting or running on them, or go back to the pool."""
         nxt = self.running.get(run.standby) if run.standby else None
-        if nxt is not None and nxt.after == run.job_id:
-            nxt.holds = True
-        elif run.holds:
-            self.pool.release(run.placement)
+        if nxt is not None and nxt.after != run.job_id:
+            nxt = None
         before = self.running.get(run.after) if run.after else None
-        if before is not None and before.standby == run.job_id:
-            before.standby = None              # a dropped standby: the slot may get another
+        if before is not None and before.standby != run.job_id:
+            before = None
+        if run.holds:
+            if nxt is not None:
+                nxt.holds = True               # it starts (or started) on them
+            else:
+                self.pool.release(run.placement)
+        elif before is not None:               # a standby dropped while its slot is busy:
+            before.standby = nxt and nxt.job_id    # the chain closes over the gap
+            if nxt is not None:
+                nxt.after = before.job_id
 
     def judge(self, ended: list, now: float) -> None:
         """Write the verdicts of ``ended`` jobs; their renames follow the events' sync."""
@@ -496,8 +526,14 @@ class Launcher:
         return got
 
     def fill(self, now: float) -> None:
-        if not self.pool.has_room():
-            return                       # nothing can start until something ends
+        if not self.pool.has_room():     # nothing can start until something ends, but
+            slots = self._standby_slots()    # busy slots may take their next jobs
+            if slots:
+                self._next_candidates(now)
+                self._queue_standbys((self.end_at - self.margin - now) / 60, slots)
+                live = set(self.cands)
+                self.parsed = {p: v for p, v in self.parsed.items() if p in live}
+            return
         slots = self.mpi_slots()
         free_runs = slots if self.mode == "mpi" else None
         if free_runs is not None and free_runs <= 0:
@@ -535,11 +571,24 @@ class Launcher:
                 continue
             self._start(claimed, placement, expected)
         self.cands = [p for p, _ in batch if p not in placed] + keep
-        self._queue_standbys(time_left_min)
+        self._queue_standbys(time_left_min, self._standby_slots())
         live = set(self.cands)
         self.parsed = {p: v for p, v in self.parsed.items() if p in live}
 
-    def _queue_standbys(self, time_left_min: float) -> None:
+    def _standby_slots(self) -> list[runner.Running]:
+        """The running jobs that may take one more standby now (see ``_queue_standbys``)."""
+        if self.mode != "serial" or self.draining:
+            return []
+        short = {app for app, sec in self.run_sec.items() if sec < STANDBY_BELOW_SEC}
+        if not short:
+            return []
+        return [r for r in self.running.values() if r.record["app"] in short
+                and r.standby is None and not r.used_mpi
+                and r.kill_at is None and r.proc.returncode is None
+                and r.proc.error is None and r.proc.dropped is None
+                and self._standby_depth(r) < STANDBY_DEPTH]
+
+    def _queue_standbys(self, time_left_min: float, slots: list[runner.Running]) -> None:
         """Give each running single-rank job without one a standby: a claimed candidate of
         the same shape that the starter starts on its resources the moment it is reaped
         (see ``starter``).  A slot then goes from job to job without waiting for this loop.
@@ -548,21 +597,16 @@ class Launcher:
         is claimed but waits, and a long wait would hold back a job that another launcher,
         with free resources, could run now.
         """
-        if self.mode != "serial" or self.draining or not self.cands:
-            return
-        short = {app for app, sec in self.run_sec.items() if sec < STANDBY_BELOW_SEC}
-        slots = [r for r in self.running.values() if r.record["app"] in short
-                 and r.standby is None and not r.used_mpi
-                 and r.kill_at is None and r.proc.returncode is None
-                 and r.proc.error is None and r.proc.dropped is None
-                 and self._standby_depth(r) < STANDBY_DEPTH]
-        if not slots:
+        if not slots or not self.cands:
             return
         # the last wall-clock moment a job of ``wall`` minutes may start here
         end_wall = time.time() + (self.end_at - self.margin - time.monotonic())
         keep = []
         for path in self.cands:
-            got = self._candidate(path, time_left_min) if slots else None
+            if not slots:
+                keep.append(path)            # for the next free resources
+                continue
+            got = self._candidate(path, time_left_min)
             if got is None:
                 if path in self.parsed:
                     keep.append(path)
