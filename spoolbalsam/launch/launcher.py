@@ -370,16 +370,18 @@ class Launcher:
                    "affinity": rec.get("affinity") or {}}
         if app is not None and app.python_class:       # only a run() app leaves a result
             details.update(pyapp.result_fields(run.out.parent, rec))
-        if rc == 0 and not run.timed_out:
+        # race: a job the starter reaped before our SIGTERM was sent ended on its own
+        stopped = run.timed_out and not (run.stop_sent and ended_at < run.stop_sent)
+        if rc == 0 and not stopped:
             rec = self.emit(rec, S.RUN_DONE, t=ended_at, **details)
             hook, kind, msg = "postprocess", None, None
-        elif run.timed_out or rc in KILLED:
+        elif stopped or rc in KILLED:
             # race: when an allocation ends, the scheduler signals the jobs and the launcher
             # at once; a job reaped before our own SIGTERM handler ran was killed from
             # outside, like a timeout, and must not spend the job's error retries.
-            msg = (f"stopped by the launcher ({self.draining})" if run.timed_out
+            msg = (f"stopped by the launcher ({self.draining})" if stopped
                    else f"killed by signal {KILLED[rc]} from outside the launcher")
-            if not run.timed_out:
+            if not stopped:
                 # Whatever killed it (the allocation ending, the OOM killer) may strike
                 # again here: its next attempt is left to another launcher.
                 self.skip.add(f"{run.job_id}.json")
