@@ -243,6 +243,7 @@ def test_sigterm_returns_waiting_standbys_unchanged(site):
     site_obj(site).intake()
     proc = start_launcher(site, idle_ttl=30)
     wait_for(lambda: len(launcher_events_to(site, "JOB_FINISHED")) >= 40, 60, "40 jobs done")
+    t_term = time.time()
     os.kill(proc.pid, signal.SIGTERM)
     wait_for(lambda: proc.poll() is not None, 30, "launcher exit after SIGTERM")
     assert _lease(site)["standbys"] > 0

@@ -370,8 +370,8 @@ class Launcher:
                    "affinity": rec.get("affinity") or {}}
         if app is not None and app.python_class:       # only a run() app leaves a result
             details.update(pyapp.result_fields(run.out.parent, rec))
-        # race: a job the starter reaped before our SIGTERM was sent ended on its own
-        stopped = run.timed_out and not (run.stop_sent and ended_at < run.stop_sent)
+        # race: a job the starter reaped before our SIGTERM reached it ended on its own
+        stopped = run.timed_out and run.proc.signalled
         if rc == 0 and not stopped:
             rec = self.emit(rec, S.RUN_DONE, t=ended_at, **details)
             hook, kind, msg = "postprocess", None, None

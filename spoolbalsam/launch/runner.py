@@ -34,7 +34,6 @@ class Running:
     out: Path
     kill_at: float | None = None          # monotonic: SIGKILL after this
     timed_out: bool = False               # the launcher stops it (walltime, SIGTERM, stop)
-    stop_sent: float | None = None        # when its SIGTERM was sent (wall clock)
     used_mpi: bool = False                # started through mpiexec/srun (counts in the budget)
     app: App | None = None                # the definition it was started with
     announced: bool = False               # its RUNNING event is written
@@ -113,7 +112,6 @@ def needs_mpi(mode: str, req: Request) -> bool:
 def terminate(run: Running, grace: float) -> None:
     """SIGTERM the job's process group now; SIGKILL it after ``grace`` seconds."""
     if run.kill_at is None:
-        run.stop_sent = time.time()
         run.proc.signal(signal.SIGTERM)
         run.kill_at = time.monotonic() + grace
 

@@ -14,7 +14,8 @@ Protocol: one socketpair, one JSON object per line, in order, in each direction.
                         {"op": "kill", "k": KEY, "sig": N}          the job's process group
   starter -> launcher   {"k": KEY, "pid": P, "ps": START_TICKS, "t": WALL}   it runs
                         {"k": KEY, "err": "why"}                    it could not start
-                        {"k": KEY, "rc": RC, "t": WALL}             it ended, reaped
+                        {"k": KEY, "rc": RC, "t": WALL, "sig": B}   it ended, reaped (B:
+                                                                    after a kill reached it)
                         {"k": KEY, "dropped": "why"}                never started (see below)
 
 A start with ``after`` is a *standby*: it waits, in the starter, for job KEY2 to be reaped
@@ -60,6 +61,7 @@ class Child:
     started_at: float | None = None
     returncode: int | None = None
     ended_at: float | None = None
+    signalled: bool = False               # a kill reached it before it was reaped
     error: str | None = None
     dropped: str | None = None            # a standby that never started, and why
 
@@ -154,7 +156,7 @@ class Starter:
             child.dropped = msg["dropped"]
             del self.children[child.key]
         else:
-            child.returncode, child.ended_at = msg["rc"], msg["t"]
+            child.returncode, child.ended_at, child.signalled = msg["rc"], msg["t"], msg["sig"]
             del self.children[child.key]
 
     def _died(self) -> None:
@@ -240,6 +242,7 @@ def serve(sock: socket.socket) -> None:
     envs: dict[int, dict] = {}
     jobs: dict[str, int] = {}                    # key -> pid, until reaped
     standby: dict[str, dict] = {}                # key of a running job -> the start after it
+    signalled: set[str] = set()                  # running jobs a kill has reached
     pidfds: dict[int, str] = {}                  # pidfd -> key
     poller = select.poll()
     poller.register(sock, select.POLLIN)
@@ -292,7 +295,8 @@ def serve(sock: socket.socket) -> None:
         nxt = standby.pop(key, None)
         if nxt is not None:
             start(nxt)                          # the slot's next job first: it waits
-        reply({"k": key, "rc": rc, "t": t})
+        reply({"k": key, "rc": rc, "t": t, "sig": key in signalled})
+        signalled.discard(key)
 
     while True:
         for fd, _ in poller.poll(tick):
@@ -320,6 +324,7 @@ def serve(sock: socket.socket) -> None:
                 elif m["op"] == "kill" and m["k"] in jobs:
                     try:
                         os.killpg(jobs[m["k"]], m["sig"])
+                        signalled.add(m["k"])
                     except OSError as e:
                         if e.errno != errno.ESRCH:
                             raise
