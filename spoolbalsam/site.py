@@ -48,7 +48,6 @@ from .spool.store import Store, read_job
 
 log = logging.getLogger("spoolbalsam.site")
 INTAKE_BATCH = 500       # drops published per commit: launchers start on the first batch
-INTAKE_COMMIT_SEC = 0.1  # ... or fewer, if they take longer than this (slow metadata)
 INTAKE_BUDGET = 1.0      # seconds of intake per tick before merges and liveness get a turn
 SETTLE_PERIOD = 30.0     # seconds between backstop checks of every waiting job's parents
 FINAL = (S.JOB_FINISHED, S.FAILED)
@@ -114,7 +113,6 @@ class Site:
         self.batch = None                        # BatchManager, attached by the runner
         self.on_launchers = None                 # called with the live launcher dirs
         self.next_settle = 0.0
-        self.intake_cut = False                  # the last intake left held drops for the next
 
     # ---- start-up -------------------------------------------------------------------------
     def recover(self) -> None:
@@ -189,7 +187,7 @@ class Site:
         while True:
             n = self.intake(limit)
             taken += n
-            if (n < limit and not self.intake_cut) or time.monotonic() - t0 > INTAKE_BUDGET:
+            if n < limit or time.monotonic() - t0 > INTAKE_BUDGET:
                 break
             limit = min(2 * limit, INTAKE_BATCH)
         counts = {"intake": taken, "merged": self.merge()}
@@ -205,7 +203,6 @@ class Site:
 
     # ---- 1. intake ------------------------------------------------------------------------
     def intake(self, limit: int = INTAKE_BATCH) -> int:
-        self.intake_cut = False
         held = self._take_drops(limit)
         if not held:
             return 0
@@ -223,11 +220,7 @@ class Site:
         taken: list[Path] = []                   # drops to delete once the batch is in
         count = 0
         limbo = self.store.limbo_index()
-        t0 = time.monotonic()
         for src, name, rec, canonical in _parents_first(parsed):
-            if time.monotonic() - t0 > INTAKE_COMMIT_SEC:
-                self.intake_cut = True   # publish what is done; the rest stays held
-                break
             try:
                 rec, where = check_job(rec, f"jobs/created/{name}", self.apps, self.store,
                                        self.machine, published, limbo, intake=True)
@@ -565,7 +558,7 @@ class Site:
                 log.exception("site tick failed; continuing")
             # Verdicts seen before their rename are settled on the next tick: come back soon
             # (the rename out of running/ is not watched).
-            period = 0.02 if self.unsettled or self.intake_cut else interval
+            period = 0.02 if self.unsettled else interval
             wake.wait(timeout=max(0.0, period - (time.monotonic() - started)))
             wake.clear()
         self.events.close()
