@@ -152,7 +152,11 @@ class Launcher:
             log.info("launcher %s: %s; no new jobs, stopping running ones", self.id, why)
             if self._starter is not None:
                 self._starter.pump()       # a job already reaped ended on its own
-            for run in self.running.values():
+            # race: the starter acts on messages in order but may reap a job between two of
+            # them; waiting standbys are dropped first, so none starts on a slot we then stop
+            waiting_first = sorted(self.running.values(),
+                                   key=lambda r: not (r.after and r.proc.pid is None))
+            for run in waiting_first:
                 if run.proc.returncode is None:
                     run.timed_out = True
                     runner.terminate(run, self.grace)
