@@ -208,12 +208,18 @@ def _overlaps_on_a_cpu(runs: list[dict]) -> list:
     return bad
 
 
-def test_short_jobs_follow_each_other_on_a_slot_as_standbys_never_sharing_it(site):
-    write_app(site, "Quick", {"command_template": "true"})
-    ids = [f"q{i:03d}" for i in range(120)]
+def _ready_quarter_node_jobs(site, app: str, command: str, n: int) -> list[str]:
+    """``n`` ready jobs of a new app, four at a time on the 4-core node; their ids."""
+    write_app(site, app, {"command_template": command})
+    ids = [f"{app[0].lower()}{i:03d}" for i in range(n)]
     for j in ids:
-        drop(site, f"{j}.json", job("Quick", f"quick/{j}", node_packing_count=4))
+        drop(site, f"{j}.json", job(app, f"{app.lower()}/{j}", node_packing_count=4))
     site_obj(site).intake()
+    return ids
+
+
+def test_short_jobs_follow_each_other_on_a_slot_as_standbys_never_sharing_it(site):
+    ids = _ready_quarter_node_jobs(site, "Quick", "true", 120)
     proc = start_launcher(site, idle_ttl=1)
     wait_for(lambda: proc.poll() is not None, 60, "launcher idle exit")
     s = site_obj(site)
@@ -222,8 +228,8 @@ def test_short_jobs_follow_each_other_on_a_slot_as_standbys_never_sharing_it(sit
     assert all(r["state"] == "JOB_FINISHED" and r["attempt"] == 1 for r in runs)
     assert _lease(site)["standbys"] > 0, "no job was queued as a standby"
     assert _overlaps_on_a_cpu(runs) == [], "a standby started before its slot was free"
-    events = [e for e in launcher_events(site) if e.get("to") == "RUNNING"]
-    assert sorted(e["job"] for e in events) == ids, "a job started twice or not at all"
+    started = [e["job"] for e in launcher_events_to(site, "RUNNING")]
+    assert sorted(started) == ids, "a job started twice or not at all"
 
 
 def test_a_job_that_runs_long_gets_no_standby(site):
@@ -236,11 +242,7 @@ def test_a_job_that_runs_long_gets_no_standby(site):
 
 
 def test_sigterm_returns_waiting_standbys_unchanged(site):
-    write_app(site, "Nap", {"command_template": "sleep 0.2"})
-    ids = [f"n{i:03d}" for i in range(400)]
-    for j in ids:
-        drop(site, f"{j}.json", job("Nap", f"nap/{j}", node_packing_count=4))
-    site_obj(site).intake()
+    ids = _ready_quarter_node_jobs(site, "Nap", "sleep 0.2", 400)
     proc = start_launcher(site, idle_ttl=30)
     wait_for(lambda: len(launcher_events_to(site, "JOB_FINISHED")) >= 40, 60, "40 jobs done")
     t_term = time.time()
