@@ -683,7 +683,7 @@ class Launcher:
         if app is None:
             why = self.apps.errors.get(rec["app"], f"apps/{rec['app']}.yml is missing")
             return self._fail_start(path, rec, owned, f"app {rec['app']} unusable: {why}")
-        workdir = self.layout.workdir(rec["workdir"])   # made by the site, or by runner.start
+        workdir = self.layout.workdir(rec["workdir"])   # made by the site, or by the starter
         if app.python_class:
             workdir.mkdir(parents=True, exist_ok=True)      # hooks and run() start in it
         res = self._hook(app, rec, "preprocess")
