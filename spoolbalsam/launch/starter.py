@@ -191,7 +191,7 @@ class Starter:
 
 # ---- the starter process --------------------------------------------------------------------
 _DEFAULT_SIGNALS = (signal.SIGPIPE, signal.SIGXFSZ, signal.SIGTERM, signal.SIGINT)
-_OUT_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC
+_OUT_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_TRUNC
 
 
 def spawn(argv: list[str], cwd: str, out: str, env: dict) -> int:
@@ -205,7 +205,7 @@ def spawn(argv: list[str], cwd: str, out: str, env: dict) -> int:
     """
     exe = _which(argv[0], env.get("PATH", os.defpath))
     actions = [(os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),
-               (os.POSIX_SPAWN_OPEN, 1, out, _OUT_FLAGS & ~os.O_CLOEXEC, 0o644),
+               (os.POSIX_SPAWN_OPEN, 1, out, _OUT_FLAGS, 0o644),
                (os.POSIX_SPAWN_DUP2, 1, 2)]
     try:
         os.chdir(cwd)          # one thread: the child starts where we are (no chdir action)
