@@ -327,10 +327,8 @@ class Launcher:
                 nxt.holds = True               # it starts (or started) on them
             else:
                 self.pool.release(run.placement)
-        elif before is not None:               # a standby dropped while its slot is busy:
-            before.standby = nxt and nxt.job_id    # the chain closes over the gap
-            if nxt is not None:
-                nxt.after = before.job_id
+        elif before is not None:               # a standby dropped while its slot is busy
+            before.standby = None              # (the starter drops those behind it too)
 
     def judge(self, ended: list, now: float) -> None:
         """Write the verdicts of ``ended`` jobs; their renames follow the events' sync."""
@@ -532,14 +530,19 @@ class Launcher:
         return got
 
     def fill(self, now: float) -> None:
-        if not self.pool.has_room():     # nothing can start until something ends, but
-            slots = self._standby_slots()    # busy slots may take their next jobs
-            if slots:
-                self._next_candidates(now)
-                self._queue_standbys((self.end_at - self.margin - now) / 60, slots)
-                live = set(self.cands)
-                self.parsed = {p: v for p, v in self.parsed.items() if p in live}
-            return
+        """Start candidates on free resources, then queue standbys behind busy slots."""
+        time_left_min = (self.end_at - self.margin - now) / 60
+        if self.pool.has_room():
+            self._place(now, time_left_min)
+        slots = self._standby_slots()
+        if slots:
+            self._next_candidates(now)
+            self._queue_standbys(time_left_min, slots)
+        if len(self.parsed) > len(self.cands):       # forget candidates no longer held
+            live = set(self.cands)
+            self.parsed = {p: v for p, v in self.parsed.items() if p in live}
+
+    def _place(self, now: float, time_left_min: float) -> None:
         slots = self.mpi_slots()
         free_runs = slots if self.mode == "mpi" else None
         if free_runs is not None and free_runs <= 0:
@@ -547,7 +550,6 @@ class Launcher:
         self._next_candidates(now)
         if not self.cands:
             return
-        time_left_min = (self.end_at - self.margin - now) / 60
         batch: list[tuple[Path, Request]] = []
         keep: list[Path] = []
         for path in self.cands:
@@ -577,9 +579,6 @@ class Launcher:
                 continue
             self._start(claimed, placement, expected)
         self.cands = [p for p, _ in batch if p not in placed] + keep
-        self._queue_standbys(time_left_min, self._standby_slots())
-        live = set(self.cands)
-        self.parsed = {p: v for p, v in self.parsed.items() if p in live}
 
     def _standby_slots(self) -> list[runner.Running]:
         """The running jobs that may take one more standby now (see ``_queue_standbys``)."""
@@ -618,10 +617,10 @@ class Launcher:
                     keep.append(path)
                 continue
             rec, req, wall = got
-            if runner.needs_mpi("serial", req) or not any(r.req == req for r in slots):
+            before = next((r for r in slots if r.req == req), None)   # none runs mpiexec
+            if before is None:
                 keep.append(path)
                 continue
-            before = next(r for r in slots if r.req == req)
             self.parsed.pop(path)
             claimed = self.store.claim(path, self.id)
             if claimed is None:

@@ -99,7 +99,7 @@ class Starter:
         given, and not after wall time ``by``); the pid comes later."""
         child = self.children[key] = Child(key, self)
         if self.dead:
-            child.error = "the launcher's job starter has exited"
+            child.dropped = "the launcher's job starter has exited"
             return child
         known = self.envs.get(id(env))
         if known is None or known[0] is not env:
