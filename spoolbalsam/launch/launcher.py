@@ -42,6 +42,7 @@ import select
 import signal
 import time
 from pathlib import Path
+from typing import NamedTuple
 
 from ..spool import states as S
 from ..apps import AppRegistry
@@ -51,7 +52,7 @@ from ..spool.ids import new_id
 from ..spool.layout import Layout
 from ..spool.lease import LeaseWriter, proc_start
 from ..spool.policy import after_failure, policy_for
-from ..spool.store import Store, read_job
+from ..spool.store import Store, read_job, read_job_stat, same_file
 from . import pyapp, runner
 from .placement import NodePool, choose
 from .resources import NodeSpec, Request
@@ -66,6 +67,14 @@ MAX_SCAN_BUCKETS = 16        # buckets read per fill before giving the loop back
 STANDBY_DEPTH = 3            # jobs queued in the starter behind each running one ...
 STANDBY_BELOW_SEC = 1.0      # ... if recent runs of its app were this short (else none)
 VERDICT_SYNC_SEC = 0.02      # verdicts of jobs ending this close together share one fsync
+
+
+class Candidate(NamedTuple):
+    """A ready job as read before its claim."""
+    rec: dict
+    req: Request
+    wall: float                 # wall_time_min, 0 if none
+    st: os.stat_result          # of the file read: a claim of the same file needs no re-read
 
 
 class Launcher:
@@ -116,7 +125,7 @@ class Launcher:
         self.buckets: list[str] = []
         self.skip: set[str] = set()             # never claimable here (tags, size)
         self.passed: dict[str, int] = {}
-        self.parsed: dict[Path, tuple[dict, Request, float]] = {}   # -> (record, request, wall)
+        self.parsed: dict[Path, Candidate] = {}
         self.next_scan = 0.0
         self.idle_since = time.monotonic()
         self.round_start = self.round_found = None   # the current pass over ready/'s buckets
@@ -500,13 +509,13 @@ class Launcher:
             slots = left if slots is None else min(slots, left)
         return None if slots is None else max(slots, 0)
 
-    def _candidate(self, path: Path, time_left_min: float) -> tuple[dict, Request, float] | None:
-        """(record, request, wall_time_min) of a ready candidate, parsed and checked once and
-        cached; None to pass it (and it is never looked at again if it can never run here)."""
+    def _candidate(self, path: Path, time_left_min: float) -> Candidate | None:
+        """A ready candidate, read, parsed and checked once and cached; None to pass it (and
+        it is never looked at again if it can never run here)."""
         got = self.parsed.get(path)
         if got is None:
             try:
-                rec = fsio.read_json(path, retry=False)   # absent: claimed by another
+                rec, st = read_job_stat(path, "ready", retry=False)   # absent: claimed
                 req = Request.from_job(rec)
             except (FileNotFoundError, ValueError) as e:
                 if not isinstance(e, FileNotFoundError) and path.exists():
@@ -522,8 +531,8 @@ class Launcher:
             if not self._tags_match(rec):
                 self.skip.add(path.name)
                 return None
-            got = self.parsed[path] = (rec, req, rec.get("wall_time_min") or 0)
-        if got[2] and got[2] > time_left_min:
+            got = self.parsed[path] = Candidate(rec, req, rec.get("wall_time_min") or 0, st)
+        if got.wall and got.wall > time_left_min:
             self.skip.add(path.name)     # time left only shrinks: never here
             del self.parsed[path]
             return None
@@ -558,7 +567,7 @@ class Launcher:
                 if path in self.parsed:
                     keep.append(path)    # waits for time or an mpiexec slot
                 continue
-            req = got[1]
+            req = got.req
             if self.mode == "serial" and slots is not None and runner.needs_mpi("serial", req):
                 if self.budget_left() == 0:
                     self.skip.add(path.name)     # no mpiexec left here: for another launcher
@@ -572,12 +581,12 @@ class Launcher:
         placed = set()
         for path, placement in chosen:
             placed.add(path)
-            expected = self.parsed.pop(path)[1]
+            cand = self.parsed.pop(path)
             claimed = self.store.claim(path, self.id)
             if claimed is None:
                 self.pool.release(placement)
                 continue
-            self._start(claimed, placement, expected)
+            self._start(claimed, placement, cand)
         self.cands = [p for p, _ in batch if p not in placed] + keep
 
     def _standby_slots(self) -> list[runner.Running]:
@@ -616,8 +625,7 @@ class Launcher:
                 if path in self.parsed:
                     keep.append(path)
                 continue
-            rec, req, wall = got
-            before = next((r for r in slots if r.req == req), None)   # none runs mpiexec
+            before = next((r for r in slots if r.req == got.req), None)   # none runs mpiexec
             if before is None:
                 keep.append(path)
                 continue
@@ -626,8 +634,8 @@ class Launcher:
             if claimed is None:
                 continue
             slots.remove(before)
-            self._start(claimed, before.placement, req, after=before,
-                        by=end_wall - (wall or 0) * 60)
+            self._start(claimed, before.placement, got, after=before,
+                        by=end_wall - got.wall * 60)
             queued = self.running.get(claimed.name[:-5])
             if queued is not None and self._standby_depth(queued) < STANDBY_DEPTH:
                 slots.append(queued)         # the chain may grow behind it
@@ -657,23 +665,29 @@ class Launcher:
         tags = rec.get("tags") or {}
         return all(tags.get(k) == v for k, v in self.filter_tags.items())
 
-    def _start(self, path: Path, placement, expected: Request | None = None,
+    def _start(self, path: Path, placement, cand: Candidate,
                after: runner.Running | None = None, by: float | None = None) -> None:
-        """Start a claimed job on ``placement`` -- or, with ``after``, queue it as that
-        job's standby on its placement, which it does not own until that job has left."""
+        """Start claimed job ``cand``, now at ``path``, on ``placement`` -- or, with ``after``,
+        queue it as that job's standby on its placement, which it does not own until that
+        job has left."""
         job_id = path.name[:-5]
         owned = placement if after is None else None    # what a failure here releases
         if job_id in self.running:            # never two processes for one job
             self._unplace(owned)
             return
+        # race: the record may have been rewritten (resources changed) between our read of
+        # the candidate and the claim.  The claimed content is the authority: if the file
+        # is not the one we read, it is read again, and if its shape changed it goes back,
+        # unstarted, since the placement may not suit it.
+        rec, req = cand.rec, cand.req
         try:
-            rec = read_job(path, "running")   # the claimed content is the authority
+            if not same_file(os.stat(path), cand.st):
+                rec = read_job(path, "running")
+                req = Request.from_job(rec)
         except (FileNotFoundError, ValueError):
             self._unplace(owned)
             return
-        if expected is not None and Request.from_job(rec) != expected:
-            # race: the record was rewritten (resources changed) after we read it as a
-            # candidate; the placement may not suit it.  It goes back, unstarted.
+        if req != cand.req:
             self._unplace(owned)
             self.store.move(path, self.layout.job_path("ready", job_id))
             self.store.drop_token(job_id)
@@ -693,8 +707,8 @@ class Launcher:
             extra = {"data": res["data"]} if res.get("data") is not None else {}
             rec = self.emit(rec, S.PREPROCESSED, msg=res.get("state_data"), **extra)
         try:
-            run = runner.start(rec, app, placement, site_root=self.layout.root, workdir=workdir,
-                               machine=self.machine, mode=self.mode, path=path,
+            run = runner.start(rec, app, placement, req, site_root=self.layout.root,
+                               workdir=workdir, machine=self.machine, mode=self.mode, path=path,
                                starter=self.starter, after=after and after.job_id, by=by)
         except Exception as e:  # noqa: BLE001 - a job that cannot start fails; the launcher goes on
             return self._fail_start(path, rec, owned, f"could not start: {type(e).__name__}: {e}")

@@ -79,14 +79,14 @@ def command_for(rec: dict, app: App) -> str:
     return cmd
 
 
-def start(rec: dict, app: App, placement: Placement, *, site_root: Path, workdir: Path,
-          machine, mode: str, path: Path, starter: Starter, argv: list[str] | None = None,
-          after: str | None = None, by: float | None = None) -> Running:
-    """Have ``starter`` start ``rec`` (as the standby of job ``after``, see ``starter``).
-    ``argv`` overrides the rendered command (Python run() apps).  The process exists once
-    the starter says so (``Running.proc.pid``)."""
+def start(rec: dict, app: App, placement: Placement, req: Request, *, site_root: Path,
+          workdir: Path, machine, mode: str, path: Path, starter: Starter,
+          argv: list[str] | None = None, after: str | None = None,
+          by: float | None = None) -> Running:
+    """Have ``starter`` start ``rec``, of shape ``req`` (as the standby of job ``after``,
+    see ``starter``).  ``argv`` overrides the rendered command (Python run() apps).  The
+    process exists once the starter says so (``Running.proc.pid``)."""
     command = argv or argv_for(command_for(rec, app))
-    req = Request.from_job(rec)
     use_mpi = needs_mpi(mode, req)
     if use_mpi:
         # mpiexec carries the job's own variables and binds each rank to its own gpus.

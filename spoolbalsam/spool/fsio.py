@@ -272,13 +272,24 @@ def rename_quiet(src: Path, dst: Path) -> bool:
         return False
 
 
-def _read_once(path: Path) -> tuple[bytes, float]:
-    with open(path, "rb") as f:
-        return f.read(), os.fstat(f.fileno()).st_mtime_ns / 1e9
+def _read_once(path) -> tuple[bytes, os.stat_result]:
+    """(content, stat) with four system calls: records are small and read whole."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        st = os.fstat(fd)
+        data = os.read(fd, st.st_size + 1)
+        if len(data) != st.st_size:         # it grew or shrank since fstat: read to the end
+            parts = [data]
+            while parts[-1]:
+                parts.append(os.read(fd, 1 << 16))
+            data = b"".join(parts)
+        return data, st
+    finally:
+        os.close(fd)
 
 
-def _read(path: Path, retry: bool) -> tuple[bytes, float]:
-    """(bytes, mtime); with ``retry``, one more try 1 ms after ENOENT/ESTALE (a name that a
+def _read(path, retry: bool) -> tuple[bytes, os.stat_result]:
+    """(bytes, stat); with ``retry``, one more try 1 ms after ENOENT/ESTALE (a name that a
     rename is moving).  ``retry=False`` for files whose absence is the normal case."""
     try:
         return _read_once(path)
@@ -293,19 +304,20 @@ def read_bytes(path: Path, retry: bool = True) -> bytes:
     return _read(path, retry)[0]
 
 
-def read_json_mtime(path: Path, retry: bool = True) -> tuple[object, float]:
-    """A published JSON file and its mtime; retry once on a vanished name or a torn read."""
-    data, mtime = _read(path, retry)
+def read_json_stat(path, retry: bool = True) -> tuple[object, os.stat_result]:
+    """A published JSON file and the stat of the file read; retry once on a vanished name
+    or a torn read."""
+    data, st = _read(path, retry)
     try:
-        return orjson.loads(data), mtime
+        return orjson.loads(data), st
     except orjson.JSONDecodeError:
         time.sleep(0.001)
-        data, mtime = _read(path, retry)
-        return orjson.loads(data), mtime
+        data, st = _read(path, retry)
+        return orjson.loads(data), st
 
 
 def read_json(path: Path, retry: bool = True):
-    return read_json_mtime(path, retry)[0]
+    return read_json_stat(path, retry)[0]
 
 
 def list_names(directory: Path, suffix: str = ".json") -> list[str]:

@@ -48,20 +48,35 @@ LIMBO_SEP = "@"   # limbo file name: ID@DESTDIR.json
 def read_job(path: Path, directory: str, retry: bool = True) -> dict:
     """The record at ``path``, which lies in state directory ``directory``, as it stands: a
     record the site published as dropped gets its system fields (``published_as_dropped``,
-    dated by the file's mtime).  Every reader of records outside ``created/`` uses this.
+    dated by the file's mtime).  Every reader of records outside ``created/`` uses this."""
+    return read_job_stat(path, directory, retry)[0]
+
+
+def read_job_stat(path: Path, directory: str, retry: bool = True) -> tuple[dict, os.stat_result]:
+    """``read_job`` and the stat of the file it read (see ``same_file``).
 
     # race: the site recycles the files of records it replaced (``fsio.Spares``), so a
     # reader that opened ``X.json`` just before a merge replaced it may read a later record
     # of another job through its open file.  Every record is named after its id, so such a
     # read is recognised and reported as what it is: X has moved on from this file.
     """
-    rec, mtime = fsio.read_json_mtime(path, retry)
+    rec, st = fsio.read_json_stat(path, retry)
     if directory != "created" and isinstance(rec, dict):
         name = os.path.basename(path)
         if rec.get("id") != name[: name.find(".json")].partition(LIMBO_SEP)[0]:
             raise FileNotFoundError(errno.ENOENT, "the file now holds another record", str(path))
-        rec = published_as_dropped(rec, mtime)
-    return rec
+        rec = published_as_dropped(rec, st.st_mtime_ns / 1e9)
+    return rec, st
+
+
+def same_file(a: os.stat_result, b: os.stat_result) -> bool:
+    """True if two stats show one file with unchanged content: the same inode, size and
+    modification time.  Sound here because nobody writes into a visible record (a rewrite
+    is a new or recycled file, written before it is published, and a recycled one rests
+    ``fsio.Spares.rest`` -- far longer than one tick of the file clock -- before reuse), so
+    content never changes under an unchanged mtime."""
+    return (a.st_ino, a.st_dev, a.st_size, a.st_mtime_ns) == (b.st_ino, b.st_dev, b.st_size,
+                                                             b.st_mtime_ns)
 
 
 class Store:
