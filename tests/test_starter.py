@@ -89,7 +89,7 @@ def test_the_starter_kills_its_jobs_when_the_launcher_goes(starter, tmp_path):
     a = start(starter, "a", ["sleep", "30"], tmp_path)
     settle(starter, lambda: a.pid is not None)
     starter.close()                      # as when the launcher dies: end of file
-    assert starter.proc.returncode == 0
+    assert starter.returncode == 0
     wait_for(lambda: not pid_alive(a.pid), 10, "the job killed")
 
 
@@ -97,8 +97,8 @@ def test_the_launcher_kills_the_jobs_of_a_starter_that_died(starter, tmp_path):
     a = start(starter, "a", ["sleep", "30"], tmp_path)
     b = start(starter, "b", ["true"], tmp_path, after="a")
     settle(starter, lambda: a.pid is not None)
-    os.kill(starter.proc.pid, signal.SIGKILL)
+    os.kill(starter.pid, signal.SIGKILL)
     settle(starter, lambda: starter.dead)
     assert a.returncode == -signal.SIGKILL and b.dropped and b.pid is None
     wait_for(lambda: not pid_alive(a.pid), 10, "the job killed")
-    starter.proc.wait()
+    assert starter.wait(10) == -signal.SIGKILL

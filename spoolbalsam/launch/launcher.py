@@ -220,6 +220,7 @@ class Launcher:
             os.set_blocking(fd, False)
         previous = signal.set_wakeup_fd(wake_w)
         try:
+            self.starter              # its interpreter starts while we look for the first jobs
             while self.tick():
                 self.wait()
         finally:

@@ -6,6 +6,11 @@ child has called ``execve``.  Reaping costs more.  The launcher hands all of it 
 child process of its own, so claiming, placing and writing verdicts go on in parallel with
 the starts, on another core.
 
+The starter is a fork of the launcher, made as the launcher begins (before it has any
+thread): it serves at once, without an interpreter to start or modules to import.  It
+keeps only its end of the socket and descriptors 0-2, so the launcher's end of the socket
+is held by the launcher alone and its death is an end of file here.
+
 Protocol: one socketpair, one JSON object per line, in order, in each direction.
 
   launcher -> starter   {"op": "env", "id": E, "env": {...}}        once per environment
@@ -36,14 +41,14 @@ when the starter goes away the launcher kills them (``Starter.pump``) and stops.
 from __future__ import annotations
 
 import errno
+import gc
 import os
 import select
 import shutil
 import signal
 import socket
-import subprocess
-import sys
 import time
+import traceback
 from dataclasses import dataclass
 
 import orjson
@@ -79,10 +84,11 @@ class Starter:
 
     def __init__(self):
         ours, theirs = socket.socketpair()
-        self.proc = subprocess.Popen([sys.executable, "-m", "spoolbalsam.launch.starter",
-                                      str(theirs.fileno())], pass_fds=[theirs.fileno()],
-                                     stdin=subprocess.DEVNULL)
+        self.pid = os.fork()
+        if self.pid == 0:
+            _become_starter(theirs)              # never returns
         theirs.close()
+        self.returncode: int | None = None       # the starter's own, once reaped
         ours.setblocking(False)
         self.sock = ours
         self.children: dict[str, Child] = {}
@@ -182,11 +188,23 @@ class Starter:
         try:
             self.sock.close()
         finally:
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+            if self.wait(10) is None:
+                os.kill(self.pid, signal.SIGKILL)
+                self.wait(None)
+
+    def wait(self, timeout: float | None) -> int | None:
+        """The starter's exit code once it has exited (None if it still runs after
+        ``timeout`` seconds; ``timeout=None`` waits as long as it takes)."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while self.returncode is None:
+            pid, status = os.waitpid(self.pid, 0 if deadline is None else os.WNOHANG)
+            if pid:
+                self.returncode = os.waitstatus_to_exitcode(status)
+            elif time.monotonic() >= deadline:
+                break
+            else:
+                time.sleep(0.005)
+        return self.returncode
 
 
 # ---- the starter process --------------------------------------------------------------------
@@ -348,7 +366,29 @@ def serve(sock: socket.socket) -> None:
             return
 
 
-if __name__ == "__main__":
-    os.set_inheritable(int(sys.argv[1]), False)
-    os.chdir("/")
-    serve(socket.socket(fileno=int(sys.argv[1])))
+def _become_starter(sock: socket.socket) -> None:
+    """In the forked child: drop what belongs to the launcher, serve, and exit."""
+    code = 1
+    try:
+        signal.set_wakeup_fd(-1)                 # the launcher's wakeup pipe is not ours
+        # Cycles in the launcher's heap may hold file objects: collected here, they would
+        # close descriptor numbers that our pidfds reuse.
+        gc.disable()
+        keep = sock.fileno()
+        try:
+            fds = [int(fd) for fd in os.listdir("/proc/self/fd")]
+        except OSError:
+            fds = range(3, os.sysconf("SC_OPEN_MAX"))
+        for fd in fds:
+            if fd > 2 and fd != keep:
+                try:
+                    os.close(fd)
+                except OSError:
+                    pass
+        os.chdir("/")
+        serve(sock)
+        code = 0
+    except BaseException:                        # noqa: BLE001 - reported, then we exit
+        traceback.print_exc()
+    finally:
+        os._exit(code)
