@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from spoolbalsam.apps import AppError, AppRegistry, app_from_dict, argv_for, load_app_file
+from spoolbalsam.apps import App, AppError, AppRegistry, app_from_dict, argv_for, load_app_file
 
 from helpers import drop, records, start_launcher, wait_for
 
@@ -67,6 +67,32 @@ def test_a_parameter_is_always_exactly_one_shell_word(tmp_path, value):
 def test_rendered_value_splits_back_to_the_value(value):
     a = app(command_template="prog {{ v }}")
     assert shlex.split(a.render({"v": value})) == ["prog", value]
+
+
+# Templates built from the pieces where Jinja2's syntax and plain text meet.
+_PIECES = ["{{ x }}", "{{y}}", "{{  x  }}", "{{ none }}", "{{ x|upper }}", "{% if x %}", "{% endif %}",
+           "{#", "#}", "{", "}", "{}", "%", "#", " ", "\n", "\r", "a", "$", "'", "{{", "}}"]
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.lists(st.sampled_from(_PIECES), max_size=8).map("".join))
+def test_simple_templates_render_exactly_as_jinja2_does(template):
+    """A template of text and ``{{ name }}`` only skips Jinja2; the output must not tell."""
+    import jinja2
+    import jinja2.meta
+    from spoolbalsam.apps import _jinja, simple_variables
+    try:
+        used = jinja2.meta.find_undeclared_variables(_jinja().parse(template))
+    except jinja2.TemplateError:
+        assert simple_variables(template) is None        # Jinja2 reports its own errors
+        return
+    names = simple_variables(template)
+    assert names is None or set(names) == used
+    values = {v: f"it's {v}" for v in used}
+    expected = _jinja().from_string(template).render(
+        **{k: shlex.quote(v) for k, v in values.items()})
+    a = App(name="t", command_template=template, parameters={v: {"required": True} for v in used})
+    assert a.render(values) == expected
 
 
 def test_non_string_parameter_values_are_rendered_plainly():
