@@ -34,15 +34,18 @@ def resource_problem(rec: dict, machine) -> tuple[str, str] | None:
 
 
 def check_job(rec: dict, source: str, apps, store, machine, published: dict | None = None,
-              limbo: dict | None = None, intake: bool = False) -> tuple[dict | None, str]:
+              limbo: dict | None = None, intake: bool = False,
+              minted: bool = False) -> tuple[dict | None, str]:
     """(record in its first state, directory) — or (None, dir) if it is already in the site
     from this very file (``intake_digest`` matches: a crash after publishing).  ``intake``:
-    the caller is the site taking the job in, not a submitter checking before the drop."""
+    the caller is the site taking the job in, not a submitter checking before the drop.
+    ``minted``: the caller has just generated the id (``ids.new_id``, 80 random bits), so it
+    is not looked up; the site's intake looks up every id it takes in."""
     published = published if published is not None else {}
     job_id = rec["id"]
     if job_id in published:
         raise InvalidJob(source, "id", f"{job_id!r} was submitted twice in the same batch")
-    found = store.locate(job_id, limbo)
+    found = None if minted else store.locate(job_id, limbo)
     if found and found[0] == "created" and not intake:
         raise InvalidJob(source, "id", f"job {job_id} was already submitted and waits for the "
                          "site to take it in (jobs/created/); choose another id")

@@ -46,7 +46,9 @@ def submit_jobs(layout: Layout, raws: list, source: str = "submit", machine=None
         src = source if len(raws) == 1 else f"{source} [job {i}]"
         try:
             rec = normalize(raw, src)
-            _, where = check_job(rec, src, apps, store, machine, published, limbo)
+            minted = "id" not in raw                     # normalize made it just now
+            _, where = check_job(rec, src, apps, store, machine, published, limbo,
+                                 minted=minted)
         except InvalidJob as e:
             raise SubmitError(str(e)) from None
         published[rec["id"]] = where
