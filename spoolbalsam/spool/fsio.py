@@ -130,11 +130,14 @@ class Spares:
     shows; what it holds is disposable, and a crash leaves at most a half-written spare.
 
     # race: a reader may have opened a record just before it was replaced and read it
-    # after its file was recycled.  A spare rests ``rest`` seconds before reuse, and the
-    # reader checks that the record it read is the one named (``store.read_job``).
+    # after its file was recycled.  The reader checks that the record it read is the one
+    # named (``store.read_job``) and reads again after a torn one, which is what makes this
+    # safe.  A spare also rests ``rest`` seconds before reuse, thousands of times the gap
+    # between a reader's open and its read, so that such reads are rare; and ten ticks of
+    # the file clock, so a recycled file's mtime always moves on (``store.same_file``).
     """
 
-    def __init__(self, directory: Path, keep: int = 1024, rest: float = 1.0):
+    def __init__(self, directory: Path, keep: int = 1024, rest: float = 0.1):
         self.directory = directory
         self.keep = keep
         self.rest = rest
