@@ -349,6 +349,7 @@ def main(argv: list[str] | None = None) -> int:
     if "parallel" in peers:
         v = subprocess.run(["parallel", "--version"], capture_output=True, text=True).stdout
         print(f"# {v.splitlines()[0] if v else 'parallel (version unknown)'}")
+    C.byte_compile()                    # set-up: spoolbalsam's processes start as installed
     results: dict[str, list[dict]] = {p: [] for p in peers}
     # One parent temp dir, removed only at the end: deleting thousands of files between
     # runs would slow the next run's file creation on some filesystems (see README).
