@@ -39,7 +39,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from .ids import shard
+from .ids import SHARDS, shard
 from .states import SHARDED_DIRS
 
 MARKER = ".spool-site"
@@ -119,10 +119,14 @@ class Layout:
         return self.root / "data" / rel
 
     def make(self) -> None:
-        for sub in ("jobs/created", "jobs/waiting", "jobs/ready", "jobs/running", "jobs/done",
-                    "jobs/failed", "jobs/rejected", "apps", "data", "log", "batch",
-                    "launchers", "site/limbo", "site/intake"):
+        """The whole tree, buckets included: no mover has to create a directory (a writer
+        that finds a bucket missing, in a site made by hand, still creates it)."""
+        for sub in ("jobs/created", "jobs/running", "jobs/rejected", "apps", "data", "log",
+                    "batch", "launchers", "site/limbo", "site/intake"):
             (self.root / sub).mkdir(parents=True, exist_ok=True)
+        for state in SHARDED_DIRS:
+            for n in range(SHARDS):
+                (self.root / "jobs" / state / f"{n:02x}").mkdir(parents=True, exist_ok=True)
 
 
 def find_site(explicit: str | os.PathLike | None = None, cwd: Path | None = None) -> Layout:
