@@ -67,6 +67,7 @@ MAX_SCAN_BUCKETS = 16        # buckets read per fill before giving the loop back
 STANDBY_DEPTH = 3            # jobs queued in the starter behind each running one ...
 STANDBY_BELOW_SEC = 1.0      # ... if recent runs of its app were this short (else none)
 VERDICT_SYNC_SEC = 0.02      # verdicts of jobs ending this close together share one fsync
+GATHER_SEC = 0.001           # replies gather this long when every slot has a standby (wait)
 
 
 class Candidate(NamedTuple):
@@ -252,6 +253,13 @@ class Launcher:
                 os.read(self._wake_r, 512)
             except BlockingIOError:
                 pass
+        elif ready and self._slots_covered():
+            # Every busy slot has its next job waiting in the starter, which starts it on
+            # its own: replies may gather a moment, and one tick handles several jobs.
+            time.sleep(GATHER_SEC)
+
+    def _slots_covered(self) -> bool:
+        return not self.draining and all(r.standby for r in self.running.values() if r.holds)
 
     def shutdown(self) -> None:
         """Leave nothing behind: end running jobs, return unstarted claims, say goodbye."""
