@@ -18,7 +18,9 @@ node and the launcher runs one at a time):
   --idle-ttl 2``), as in an allocation whose launcher is already running; its interpreter
   start-up is inside the timed window, and it waits while the site still takes drops in.
   The site takes them in (created/ -> ready/BB/) meanwhile.  ``--launcher-start intake``
-  starts the launcher only once created/ is empty (``intake``: t0 until then) instead;
+  starts the launcher only once created/ is empty (``intake``: t0 until then) instead, and
+  ``--launcher-start submit`` at t0, while the jobs are being written (as ``seq N |
+  parallel`` starts both ends of its pipe at once);
 * the launcher claims each by rename into
   ``running/L/``, runs it with stdout+stderr in ``data/b/NNNNN/job.out`` and renames it
   into ``done/BB/``;
@@ -198,6 +200,9 @@ def run_spool(n: int, sleep: float, slots: int, tmp: Path, poll: float, timeout:
                                      "-t", "30", "--idle-ttl", "2"],
                           profile, profile_dir, "launcher")
         c0, t0 = time.process_time(), time.perf_counter()
+        if launcher_start == "submit":
+            # Both ends at once, as `seq N | parallel` starts both ends of its pipe.
+            launcher = C.start(largv, tmp / "launcher.out", cwd=root)
         recs = submit_jobs(layout, raws, source="bench")
         res["create"] = time.perf_counter() - t0
         res["cpu_create"] = time.process_time() - c0
@@ -207,7 +212,8 @@ def run_spool(n: int, sleep: float, slots: int, tmp: Path, poll: float, timeout:
             while fsio.list_names(layout.created) and time.perf_counter() < end:
                 time.sleep(poll)
             res["intake"] = time.perf_counter() - t0
-        launcher = C.start(largv, tmp / "launcher.out", cwd=root)
+        if launcher is None:
+            launcher = C.start(largv, tmp / "launcher.out", cwd=root)
         watch = DoneWatcher(layout, [r["id"] for r in recs])
         # 0.1 s polls while many jobs are left, --poll ones for the last 5%
         while watch.poll() and time.perf_counter() < end:
@@ -325,9 +331,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--keep", action="store_true", help="keep the run directories (sites, outputs)")
     ap.add_argument("--merge-wait", type=float, default=10.0,
                     help="give up on `merged` after this long without progress (s)")
-    ap.add_argument("--launcher-start", choices=("intake", "create"), default="create",
-                    help="start the launcher right after creation (default) or once the "
-                         "site has taken every job in")
+    ap.add_argument("--launcher-start", choices=("submit", "create", "intake"), default="create",
+                    help="start the launcher right after creation (default), at t0 with the "
+                         "creation, or once the site has taken every job in")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                     help="override a settings.yml key of the benchmark site, e.g. "
                          "--set watch=poll --set launcher.delay_sec=0.001 (repeat)")
