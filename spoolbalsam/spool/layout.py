@@ -119,12 +119,16 @@ class Layout:
         return self.root / "data" / rel
 
     def make(self) -> None:
-        """The whole tree, buckets included: no mover has to create a directory (a writer
-        that finds a bucket missing, in a site made by hand, still creates it)."""
-        for sub in ("jobs/created", "jobs/running", "jobs/rejected", "apps", "data", "log",
-                    "batch", "launchers", "site/limbo", "site/intake"):
+        """The tree, with every bucket of the launchers' destinations (``done/``,
+        ``failed/``): no launcher creates a directory in its loop.  The site creates the
+        buckets of ``waiting/`` and ``ready/`` as it first publishes into them, so an idle
+        launcher's pass over ``ready/`` lists only buckets that have held work.  (Any
+        writer that finds a bucket missing creates it.)"""
+        for sub in ("jobs/created", "jobs/waiting", "jobs/ready", "jobs/running",
+                    "jobs/rejected", "apps", "data", "log", "batch", "launchers", "site/limbo",
+                    "site/intake"):
             (self.root / sub).mkdir(parents=True, exist_ok=True)
-        for state in SHARDED_DIRS:
+        for state in ("done", "failed"):
             for n in range(SHARDS):
                 (self.root / "jobs" / state / f"{n:02x}").mkdir(parents=True, exist_ok=True)
 
