@@ -3,9 +3,10 @@
 The files are exactly what any other language would drop (the user's fields and an id), so
 the site's intake treats every submitter alike.  ``submit_jobs`` checks each job the way the
 site will (``intake.check_job``), so mistakes are reported to the submitter at once.  Only
-then are they written, ``CHUNK`` jobs under each grouped sync (``fsio.Batch``): the site
-takes in, and launchers start, the first chunk while the rest are still being written,
-and 100,000 jobs cost 400 syncs, not 200,000.
+then are they written, in chunks under one grouped sync each (``fsio.Batch``).  The chunks
+grow from ``FIRST_CHUNK`` to ``CHUNK`` jobs: the site takes in, and launchers start, the
+first jobs within milliseconds while the rest are still being written, and 100,000 jobs
+cost about 400 syncs, not 200,000.
 """
 from __future__ import annotations
 
@@ -18,7 +19,17 @@ from .spool.record import InvalidJob, normalize, user_view
 from .spool.store import Store
 
 
-CHUNK = 500        # jobs per commit (as the site's INTAKE_BATCH)
+FIRST_CHUNK = 32   # jobs in the first commit; each next one doubles ...
+CHUNK = 500        # ... up to this many (as the site's INTAKE_BATCH)
+
+
+def chunks(n: int) -> list[tuple[int, int]]:
+    """[start, stop) of each commit for ``n`` jobs: FIRST_CHUNK, doubling up to CHUNK."""
+    out, start, size = [], 0, min(FIRST_CHUNK, CHUNK)
+    while start < n:
+        out.append((start, min(n, start + size)))
+        start, size = start + size, min(CHUNK, 2 * size)
+    return out
 
 
 class SubmitError(ValueError):
@@ -54,10 +65,10 @@ def submit_jobs(layout: Layout, raws: list, source: str = "submit", machine=None
         published[rec["id"]] = where
         recs.append(rec)
     written = 0
-    for start in range(0, len(recs), CHUNK):
+    for start, stop in chunks(len(recs)):
         batch = fsio.Batch(layout.jobs)
         try:
-            for rec in recs[start:start + CHUNK]:
+            for rec in recs[start:stop]:
                 batch.add_json(layout.created / f"{rec['id']}.json", user_view(rec))
             batch.commit()
         except OSError as e:
@@ -67,5 +78,5 @@ def submit_jobs(layout: Layout, raws: list, source: str = "submit", machine=None
                               f"submitted, the rest are not" if written else
                               f"{layout.created}: writing the jobs failed: {e.strerror or e}; "
                               "none was submitted") from None
-        written = start + CHUNK
+        written = stop
     return recs

@@ -330,6 +330,19 @@ def test_a_job_published_as_dropped_keeps_its_ready_step_through_its_run(running
     assert abs(rec["history"][0]["t"] - t_ready) < 1e-6 and rec["attempt"] == 1
 
 
+def test_submit_chunks_grow_from_the_first_to_the_cap_and_cover_every_job():
+    from spoolbalsam import submit
+    for n in (0, 1, 31, 32, 33, 500, 2000, 100_000):
+        cs = submit.chunks(n)
+        assert [a for a, _ in cs] == ([0] if n else []) + [b for _, b in cs[:-1]]  # contiguous
+        assert (cs[-1][1] if cs else 0) == n
+        sizes = [b - a for a, b in cs]
+        assert all(s <= submit.CHUNK for s in sizes)
+        assert sizes[:1] in ([], [min(n, submit.FIRST_CHUNK)])
+        assert all(b <= 2 * a for a, b in zip(sizes, sizes[1:]))
+    assert len(submit.chunks(100_000)) <= 100_000 // submit.CHUNK + 6
+
+
 def test_a_write_failure_midway_through_a_submit_says_which_jobs_are_in(site, monkeypatch):
     import errno
     from spoolbalsam import submit
