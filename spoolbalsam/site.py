@@ -16,6 +16,8 @@ One ``tick()`` does, in order:
    ``ready/`` with ``attempt + 1`` (or ``failed/`` when the retry policy is spent).
 4. **batch jobs** — pending submissions go to the scheduler; ended allocations are noticed.
 
+Whatever steps 1-3 put into ``ready/`` is announced on the ready bell (``spool.bell``).
+
 Crash safety: ``recover()`` runs at start.  It finishes half-done moves left in the limbo
 directories, rebuilds the parent→children index from ``waiting/`` and re-checks every
 waiting job, so a ``kill -9`` of the site at any point loses nothing; ``spool site start``
@@ -36,7 +38,7 @@ import orjson
 
 from .spool import states as S
 from .apps import AppRegistry
-from .spool import fsio
+from .spool import bell, fsio
 from .spool.events import apply_event, event_logs, merge_state, save_merge_state, settled_prefix
 from .spool.ids import new_id, valid_id
 from .spool.layout import Layout
@@ -133,6 +135,7 @@ class Site:
             self._settle_waiting(rec["id"])
         self._finish_other_limbos()
         self._sweep_temps()
+        self.store.ring()       # for a publish whose ring a crash of ours cut off
 
     def _finish_other_limbos(self, older_than: float = 60.0) -> None:
         """Finish moves that a CLI or API process left half-done in its limbo under site/.
@@ -196,6 +199,7 @@ class Site:
             self.next_settle = now + SETTLE_PERIOD
             self.settle_all_waiting()
             self._finish_other_limbos()
+            bell.trim(self.store.bell)
         if self.batch is not None:
             self.batch.tick(now)
         self.events.flush(durable=False)
@@ -249,6 +253,8 @@ class Site:
                 for p in rec["parent_ids"]:
                     self.children.setdefault(p, set()).add(rec["id"])
         batch.commit()
+        if "ready" in published.values():
+            self.store.ring()
         for src in taken:
             self.spares.give(src)
         # race: a parent may have finished between our look at it and the publication of
@@ -479,6 +485,7 @@ class Site:
         retired = self.layout.launchers / ".retired"
         retired.mkdir(exist_ok=True)
         fsio.rename(ldir, retired / launcher)
+        self.store.ring()       # for a move into ready/ whose ring its death cut off
         self.judge.forget(launcher)
         self.offsets.pop(launcher, None)
         save_merge_state(self.layout, self.offsets, self.unsettled)

@@ -213,7 +213,7 @@ def test_jobs_held_by_a_site_killed_mid_merge_stay_visible_to_readers(site, monk
                 "by": "L1"})
     log.append({"t": 2.0, "job": "vis", "attempt": 1, "to": "JOB_FINISHED", "by": "L1"})
     log.close()
-    Store.move(claimed, lay.job_path("done", "vis"))
+    Store(lay).move(claimed, lay.job_path("done", "vis"))
     monkeypatch.setattr(fsio.Batch, "commit", lambda self: (_ for _ in ()).throw(Crash()))
     with pytest.raises(Crash):
         s.merge()
@@ -240,7 +240,7 @@ def test_a_run_end_read_without_its_outcome_is_merged_with_it_later(site):
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(json.dumps(run_done).encode() + b"\n")
     s.merge()
-    Store.move(claimed, lay.job_path("done", "torn"))
+    Store(lay).move(claimed, lay.job_path("done", "torn"))
     with open(path, "ab") as f:
         f.write(json.dumps(finished).encode() + b"\n")
     s.merge()

@@ -98,7 +98,7 @@ def _launcher_verdict(lay: Layout, rec: dict) -> None:
 def test_release_when_the_site_merges_after_the_launchers_rename(site):
     s, lay, claimed = _claimed_parent_and_waiting_child(site)
     _launcher_verdict(lay, fsio.read_json(claimed))
-    Store.move(claimed, lay.job_path("done", "par"))
+    Store(lay).move(claimed, lay.job_path("done", "par"))
     s.tick()
     assert record(site, "par")["return_code"] == 0
     assert locate(site, "kid") == "ready"
@@ -108,7 +108,7 @@ def test_release_when_the_site_merges_between_the_launchers_verdict_and_rename(s
     s, lay, claimed = _claimed_parent_and_waiting_child(site)
     _launcher_verdict(lay, fsio.read_json(claimed))
     s.tick()                                   # the site wakes on the event-log write ...
-    Store.move(claimed, lay.job_path("done", "par"))   # ... and then the launcher renames
+    Store(lay).move(claimed, lay.job_path("done", "par"))   # ... and then the launcher renames
     for _ in range(3):
         s.tick()
     assert locate(site, "kid") == "ready", "child of a finished parent still waiting"
@@ -134,7 +134,7 @@ def test_verdict_read_before_rename_survives_a_site_restart(site):
     _launcher_verdict(lay, fsio.read_json(claimed))
     s.tick()                                            # verdict seen, rename not yet
     del s                                               # kill -9 of the site
-    Store.move(claimed, lay.job_path("done", "par"))    # the launcher renames
+    Store(lay).move(claimed, lay.job_path("done", "par"))    # the launcher renames
     s2 = site_obj(site)
     s2.recover()
     for _ in range(3):
@@ -156,7 +156,7 @@ def test_merged_history_keeps_running_when_the_log_is_read_in_pieces(site):
                 "ended_at": t + 0.1})
     log.append({**base, "t": t + 0.2, "to": "JOB_FINISHED"})
     log.close()
-    Store.move(claimed, lay.job_path("done", "par"))
+    Store(lay).move(claimed, lay.job_path("done", "par"))
     s.tick()
     rec = record(site, "par")
     assert rec["return_code"] == 0
@@ -167,7 +167,7 @@ def test_a_reader_never_misses_a_job_the_site_is_merging(site, monkeypatch):
     from spoolbalsam.spool.query import select
     s, lay, claimed = _claimed_parent_and_waiting_child(site)   # kid waits, par claimed
     _launcher_verdict(lay, fsio.read_json(claimed))
-    Store.move(claimed, lay.job_path("done", "par"))
+    Store(lay).move(claimed, lay.job_path("done", "par"))
     reader = select(lay)
     first = next(reader)                     # the reader has started (kid, in waiting/)
     seen = [first["id"]]

@@ -231,7 +231,7 @@ def test_a_zombie_rename_after_revocation_fails_and_the_next_attempt_wins(world)
     end_allocation(w, SchedStatus(FINISHED, "TIMEOUT", exit_code=0, signal=15))
     src = w.layout.running / L / f"{w.a}.json"
     assert not src.exists()
-    assert Store.move(src, w.layout.job_path("done", w.a)) is False
+    assert Store(w.layout).move(src, w.layout.job_path("done", w.a)) is False
     assert w.where_all()[w.a] == "ready" and w.record(w.a)["attempt"] == 2
 
 
@@ -264,9 +264,9 @@ def test_clean_exit_lease_retires_without_revoking(world):
     w = world
     w.tick(1.0)
     # L finishes c properly, hands a and b back to ready/ itself and says goodbye
-    Store.move(w.layout.running / L / f"{w.c}.json", w.layout.job_path("done", w.c))
+    Store(w.layout).move(w.layout.running / L / f"{w.c}.json", w.layout.job_path("done", w.c))
     for j in (w.a, w.b):
-        Store.move(w.layout.running / L / f"{j}.json", w.layout.job_path("ready", j))
+        Store(w.layout).move(w.layout.running / L / f"{j}.json", w.layout.job_path("ready", j))
     (w.layout.running / L).rmdir()
     lease = json.loads((w.layout.launcher_dir(L) / "lease.json").read_text())
     lease.update(state="exited", seq=lease["seq"] + 1)

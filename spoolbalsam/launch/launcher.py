@@ -24,7 +24,9 @@ One ``tick(now)``:
 4. fill free resources: read candidates from a random bucket of ``ready/``, keep those whose
    tags match, whose ``wall_time_min`` fits the time left and that could ever fit here; let
    ``placement.choose`` place them (no head-of-line blocking, no starvation), claim each by
-   rename and start it.  A lost race (ENOENT) just releases the placement.  Behind a job
+   rename and start it.  A lost race (ENOENT) just releases the placement.  After a pass
+   that found nothing, ``ready/`` is listed again only once its bell has rung
+   (``spool.bell``: a look is one ``stat``), or after ``bell.FULL_PASS_SEC``.  Behind a job
    of an app whose recent runs were short (under ``STANDBY_BELOW_SEC``), up to
    ``STANDBY_DEPTH`` claimed jobs of the same shape wait in the starter as *standbys* and
    start on its resources the moment it is reaped: short tasks go back to back without
@@ -46,7 +48,7 @@ from typing import NamedTuple
 
 from ..spool import states as S
 from ..apps import AppRegistry
-from ..spool import fsio
+from ..spool import bell, fsio
 from ..spool.events import apply_event
 from ..spool.ids import new_id
 from ..spool.layout import Layout
@@ -133,6 +135,9 @@ class Launcher:
         self.backlog: list[str] = []            # names of the last bucket listed, not yet taken
         self.backlog_dir: Path | None = None
         self.empty_round_at = float("-inf")     # start of the last pass that found nothing
+        self.round_bell: tuple = ()             # the bell as the current pass began
+        self.quiet_bell: tuple | None = None    # ... as the last pass that found nothing began
+        self.full_pass_at = 0.0                 # list ready/ by then even if the bell is quiet
         self.launches = 0
         self.standbys = 0                       # of them, queued as standbys (see starter)
         self.mpiexecs = 0                       # launches through mpiexec/srun (the budget)
@@ -466,6 +471,11 @@ class Launcher:
         """Refill the candidate list from random buckets of ready/ (names only)."""
         if now < self.next_scan:
             return
+        if not self.buckets and not self.backlog and self._bell_quiet(now):
+            # Nothing came into ready/ since the last pass that found nothing began.
+            self.empty_round_at = now
+            self.next_scan = now + IDLE_SCAN_SEC
+            return
         scanned = 0
         # with jobs running, a few buckets per tick keep reaping prompt; idle, a whole pass
         limit = MAX_SCAN_BUCKETS if self.running else 1 << 30
@@ -473,16 +483,18 @@ class Launcher:
             if not self.backlog:
                 if not self.buckets and self.round_start is not None:
                     if not self.round_found:
-                        self.empty_round_at = self.round_start
+                        self._found_nothing(now, self.round_start)
                     self.round_start = None
                     break              # a full round: let the loop run before another
                 if scanned >= limit:
                     break
                 if not self.buckets:
+                    self.round_bell = bell.signature(self.store.bell)   # before the listing
                     self.buckets = self.store.ready_buckets()
                     self.round_start, self.round_found = now, False
                     if not self.buckets:
-                        self.empty_round_at, self.round_start = now, None
+                        self._found_nothing(now, now)
+                        self.round_start = None
                         break
                 # One listing serves the next claims until it is used up: at a million
                 # jobs a bucket holds ~4,000 names and takes ~17 ms to list.
@@ -502,6 +514,21 @@ class Launcher:
                 self.round_found = True
         if not self.cands and not self.buckets and not self.backlog:
             self.next_scan = now + IDLE_SCAN_SEC     # a whole pass found nothing: back off
+
+    def _found_nothing(self, now: float, began: float) -> None:
+        """A whole pass over ready/, begun at ``began``, found nothing to claim."""
+        self.empty_round_at = began
+        self.quiet_bell, self.full_pass_at = self.round_bell, now + bell.FULL_PASS_SEC
+
+    def _bell_quiet(self, now: float) -> bool:
+        """True if the last pass found nothing and ready/'s bell has not rung since it
+        began (nor has ``bell.FULL_PASS_SEC`` passed): another pass would find nothing."""
+        if self.quiet_bell is None or now >= self.full_pass_at:
+            return False
+        if bell.signature(self.store.bell) == self.quiet_bell:
+            return True
+        self.quiet_bell = None
+        return False
 
     def budget_left(self) -> int | None:
         if self.max_mpiexec is None:

@@ -199,9 +199,15 @@ class Batch:
         self.pending: list[tuple[Path, Path]] = []
         self.moves: list[tuple[Path, Path]] = []
         self.after: list = []
+        self.once: set[str] = set()
 
-    def after_commit(self, fn) -> None:
-        """Run ``fn`` once the batch's renames are durable (e.g. drop a limbo copy)."""
+    def after_commit(self, fn, once: str | None = None) -> None:
+        """Run ``fn`` once the batch's renames are durable (e.g. drop a limbo copy);
+        with ``once``, only the first ``fn`` registered under that key."""
+        if once is not None:
+            if once in self.once:
+                return
+            self.once.add(once)
         self.after.append(fn)
 
     def retire(self, path: Path) -> None:
@@ -232,6 +238,7 @@ class Batch:
             for fn in self.after:
                 fn()
             self.after.clear()
+            self.once.clear()
             return
         sync_filesystem(self.anchor)
         for tmp, path in self.pending + self.moves:
@@ -242,6 +249,7 @@ class Batch:
         for fn in self.after:
             fn()
         self.after.clear()
+        self.once.clear()
 
     def abort(self) -> None:
         for tmp, _ in self.pending:

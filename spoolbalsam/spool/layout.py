@@ -9,6 +9,7 @@
       jobs/created/ID.json        intake: anyone drops files here (write .ID.tmp, then rename)
       jobs/waiting/BB/ID.json     AWAITING_PARENTS            BB = shard(ID), 256 buckets
       jobs/ready/BB/ID.json       runnable
+      jobs/ready.bell             grows a byte whenever jobs come into ready/ (``bell``)
       jobs/running/L/ID.json      claimed by launcher L (the directory names the owner)
       jobs/done/BB/ID.json        JOB_FINISHED
       jobs/failed/BB/ID.json      FAILED

@@ -36,7 +36,7 @@ import random
 from pathlib import Path
 from typing import Iterator
 
-from . import fsio
+from . import bell, fsio
 from .ids import shard
 from .record import published_as_dropped
 from .layout import Layout
@@ -85,6 +85,8 @@ class Store:
             raise ValueError(f"claim_mode must be 'rename' or 'token', got {claim_mode!r}")
         self.layout = layout
         self.claim_mode = claim_mode
+        self.bell = layout.jobs / bell.NAME
+        self._ready = f"{layout.state_dir('ready')}/"
 
     # ---- finding jobs -------------------------------------------------------------------
     def locate(self, job_id: str, limbo: dict | None = None) -> tuple[str, Path] | None:
@@ -166,14 +168,22 @@ class Store:
                 yield state, base / name
 
     # ---- moving ---------------------------------------------------------------------------
-    @staticmethod
-    def move(src: Path, dst: Path) -> bool:
+    def ring(self) -> None:
+        """Ring the ready bell: jobs were put into ready/ (see ``bell``)."""
+        bell.ring(self.bell)
+
+    def _into_ready(self, dst: Path) -> bool:
+        return str(dst).startswith(self._ready)
+
+    def move(self, src: Path, dst: Path) -> bool:
         """Plain move.  False if someone else moved ``src`` first (we lost the race)."""
         try:
             fsio.rename(src, dst)
-            return True
         except FileNotFoundError:
             return False
+        if self._into_ready(dst):
+            self.ring()
+        return True
 
     def move_rewrite(self, src: Path, dst: Path, record: dict, limbo: Path,
                      batch: fsio.Batch | None = None) -> bool:
@@ -196,9 +206,13 @@ class Store:
         if batch is None:
             fsio.write_json_atomic(dst, record)
             os.unlink(held)
+            if self._into_ready(dst):
+                self.ring()
         else:
             batch.add_json(dst, record)
             batch.retire(held)
+            if self._into_ready(dst):
+                batch.after_commit(self.ring, once="bell")
         return True
 
     def _dest_key(self, dst: Path) -> str:
@@ -228,7 +242,7 @@ class Store:
             for ev in events:
                 if "to" in ev and "job" in ev:
                     by_job.setdefault(ev["job"], []).append(ev)
-        done = []
+        done, rang = [], False
         for name in names:
             job_id, _, key = name[: -len(".json")].partition(LIMBO_SEP)
             held = limbo / name
@@ -240,8 +254,11 @@ class Store:
                 for ev in by_job.get(job_id, ()):
                     rec = apply_event(rec, ev)
                 fsio.write_json_atomic(self.dest_path(key or "ready", job_id), rec)
+                rang = rang or (key or "ready") == "ready"
             fsio.unlink_quiet(held)
             done.append(job_id)
+        if rang:
+            self.ring()
         return done
 
     # ---- claiming -------------------------------------------------------------------------
