@@ -50,6 +50,7 @@ from .spool.store import Store, read_job
 
 log = logging.getLogger("spoolbalsam.site")
 INTAKE_BATCH = 500       # drops published per commit: launchers start on the first batch
+INTAKE_BURST = 64        # a tick that took in this many looks again at once, unthrottled
 INTAKE_BUDGET = 1.0      # seconds of intake per tick before merges and liveness get a turn
 SETTLE_PERIOD = 30.0     # seconds between backstop checks of every waiting job's parents
 FINAL = (S.JOB_FINISHED, S.FAILED)
@@ -560,9 +561,12 @@ class Site:
         while not stop.is_set():
             started = time.monotonic()
             try:
-                self.tick(started)
+                counts = self.tick(started)
             except Exception:  # the site never stops on one bad tick; it logs and goes on
                 log.exception("site tick failed; continuing")
+                counts = {}
+            if counts.get("intake", 0) >= INTAKE_BURST:
+                continue       # a burst of drops is arriving: take the next ones in at once
             # Verdicts seen before their rename are settled on the next tick: come back soon
             # (the rename out of running/ is not watched).
             period = 0.02 if self.unsettled else interval

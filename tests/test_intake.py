@@ -363,3 +363,35 @@ def test_a_write_failure_midway_through_a_submit_says_which_jobs_are_in(site, mo
     assert "jobs 0-2 are submitted" in msg, msg
     assert len(fsio.list_names(site / "jobs" / "created")) == 3
     assert temps_under(site / "jobs" / "created") == []
+
+
+def test_a_tick_that_took_in_a_burst_looks_again_without_waiting(site, monkeypatch):
+    """Drops arriving in a burst are taken in back to back; the throttled wait (which
+    groups launcher events into fewer merges) comes only once a tick finds few."""
+    import threading
+    from spoolbalsam import site as site_mod
+    from helpers import site_obj
+    s = site_obj(site)
+    stop, waits = threading.Event(), []
+    script = iter([site_mod.INTAKE_BURST, 3 * site_mod.INTAKE_BURST, site_mod.INTAKE_BURST - 1,
+                   0])
+
+    def tick(now=None):
+        n = next(script, None)
+        if n is None:
+            stop.set()
+            return {}
+        return {"intake": n, "merged": 0, "revoked": 0}
+
+    class Wake:
+        def wait(self, timeout):
+            waits.append(timeout)
+
+        def clear(self):
+            pass
+    monkeypatch.setattr(s, "recover", lambda: None)
+    monkeypatch.setattr(s, "tick", tick)
+    s.run(stop, Wake(), 1.0)
+    # ticks took in 64, 192, 63, 0, then the last one (which stops): no wait after the
+    # first two, one after each of the others
+    assert len(waits) == 3
