@@ -36,7 +36,8 @@ GNU parallel: ``seq N | parallel -j2 --joblog JOBLOG --results OUT/{#} -N0 TASK`
 with a message if ``parallel`` is not installed).  Both are timed from start to exit.
 
 Prints tasks/s per repetition, then medians (min–max) and the ratios spoolbalsam/parallel
-and spoolbalsam/xargs.  Asserts nothing; removes its temp dirs; stops only the processes it
+and spoolbalsam/xargs, the CPU time per task, and ``busy``: the share of all cores the
+whole machine kept busy from t0 to ``done`` (/proc/stat; an idle core is time lost).  Asserts nothing; removes its temp dirs; stops only the processes it
 started, by PID.
 
     python bench/throughput.py [--reps 3] [--n 2000] [--slots 2] [--sleep 0.05]
@@ -131,6 +132,19 @@ def _cpu(pid: int | None) -> tuple[float, float] | None:
     return (int(f[11]) + int(f[12])) / hz, (int(f[13]) + int(f[14])) / hz
 
 
+def _jiffies() -> tuple[int, int]:
+    """(busy, total) CPU time of the whole machine so far, in clock ticks (/proc/stat)."""
+    with open("/proc/stat") as f:
+        v = [int(x) for x in f.readline().split()[1:]]
+    return sum(v) - v[3] - v[4], sum(v)          # idle and iowait are not busy
+
+
+def _busy_since(j0: tuple[int, int]) -> float:
+    """Share of all cores the machine kept busy since ``j0 = _jiffies()``."""
+    b, t = _jiffies()
+    return (b - j0[0]) / max(t - j0[1], 1)
+
+
 def _child_pids(pid: int) -> list[int]:
     """The live children of ``pid`` (the launcher's job starter)."""
     out = []
@@ -199,7 +213,7 @@ def run_spool(n: int, sleep: float, slots: int, tmp: Path, poll: float, timeout:
         largv = _profiled(C.SPOOL + ["--site", str(root), "launcher", "-j", "serial",
                                      "-t", "30", "--idle-ttl", "2"],
                           profile, profile_dir, "launcher")
-        c0, t0 = time.process_time(), time.perf_counter()
+        j0, c0, t0 = _jiffies(), time.process_time(), time.perf_counter()
         if launcher_start == "submit":
             # Both ends at once, as `seq N | parallel` starts both ends of its pipe.
             launcher = C.start(largv, tmp / "launcher.out", cwd=root)
@@ -220,6 +234,7 @@ def run_spool(n: int, sleep: float, slots: int, tmp: Path, poll: float, timeout:
             time.sleep(poll if watch.left <= max(50, n // 20) else 0.1)
         if not watch.left:
             res["done"] = time.perf_counter() - t0
+            res["busy"] = _busy_since(j0)
         lpid = _launcher_pid(layout)
         cpu = {"launcher": _cpu(lpid), "site": _cpu(_site_pid(layout)),
                "starter": [_cpu(p) for p in _child_pids(lpid)] if lpid else []}
@@ -283,20 +298,20 @@ def run_spool(n: int, sleep: float, slots: int, tmp: Path, poll: float, timeout:
 def run_xargs(n: int, sleep: float, slots: int, tmp: Path) -> dict:
     (tmp / "out").mkdir()
     cmd = f"seq {n} | xargs -P{slots} -I{{}} sh -c '{task_command(sleep)} > out/{{}}.out 2>&1'"
-    c0, t0 = _children_cpu(), time.perf_counter()
+    j0, c0, t0 = _jiffies(), _children_cpu(), time.perf_counter()
     rc = subprocess.run(cmd, shell=True, cwd=tmp).returncode
-    dt, cpu = time.perf_counter() - t0, _children_cpu() - c0
+    dt, cpu, busy = time.perf_counter() - t0, _children_cpu() - c0, _busy_since(j0)
     outs = sum(1 for _ in (tmp / "out").iterdir())
-    return {"n": n, "done": dt, "rc": rc, "outputs": outs, "cpu": cpu}
+    return {"n": n, "done": dt, "rc": rc, "outputs": outs, "cpu": cpu, "busy": busy}
 
 
 def run_parallel(n: int, sleep: float, slots: int, tmp: Path) -> dict:
     (tmp / "out").mkdir()
     cmd = (f"seq {n} | parallel --will-cite -j{slots} --joblog joblog --results out/{{#}} "
            f"-N0 {task_command(sleep)}")
-    c0, t0 = _children_cpu(), time.perf_counter()
+    j0, c0, t0 = _jiffies(), _children_cpu(), time.perf_counter()
     rc = subprocess.run(cmd, shell=True, cwd=tmp).returncode
-    dt, cpu = time.perf_counter() - t0, _children_cpu() - c0
+    dt, cpu, busy = time.perf_counter() - t0, _children_cpu() - c0, _busy_since(j0)
     ok = bad = 0
     for line in (tmp / "joblog").read_text().splitlines()[1:]:
         cols = line.split("\t")
@@ -304,7 +319,7 @@ def run_parallel(n: int, sleep: float, slots: int, tmp: Path) -> dict:
             ok += 1
         else:
             bad += 1
-    return {"n": n, "done": dt, "rc": rc, "ok": ok, "bad": bad, "cpu": cpu}
+    return {"n": n, "done": dt, "rc": rc, "ok": ok, "bad": bad, "cpu": cpu, "busy": busy}
 
 
 def _report(rep: int, peer: str, n: int, r: dict) -> None:
@@ -435,6 +450,12 @@ def main(argv: list[str] | None = None) -> int:
                                "cpu_jobs")]
             line += "  = " + " + ".join(f"{k} {C.med(v):.2f}" for k, v in parts)
         print(line)
+    # How much of the machine each runner kept busy while it ran: idle cores are time lost
+    print(f"# share of all {os.cpu_count()} cores busy while running, median (min–max)")
+    for peer in peers:
+        busy = [r["busy"] for r in results[peer] if "busy" in r]
+        if busy:
+            print(f"{peer:8s} {C.spread(busy)}")
     return 0
 
 
