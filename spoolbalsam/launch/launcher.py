@@ -70,6 +70,16 @@ STANDBY_DEPTH = 3            # jobs queued in the starter behind each running on
 STANDBY_BELOW_SEC = 1.0      # ... if recent runs of its app were this short (else none)
 VERDICT_SYNC_SEC = 0.02      # verdicts of jobs ending this close together share one fsync
 GATHER_SEC = 0.001           # replies gather this long when every slot has a standby (wait)
+HOOK_POLL_SEC = 0.05         # a running hook is looked at this often
+
+
+class Hooked(NamedTuple):
+    """A job whose hook runs in its own process while this loop goes on (``_hook``)."""
+    hook: pyapp.HookRun
+    deadline: float             # monotonic: killed, and the hook failed, after this
+    path: Path                  # the claimed record, in running/L/
+    rec: dict
+    then: tuple                 # what to do with the result: the arguments of the next step
 
 
 class Candidate(NamedTuple):
@@ -145,6 +155,9 @@ class Launcher:
         self.draining: str | None = None        # why we stopped starting jobs
         self.exit_reason: str | None = None
         self.verdicts: list = []                # renames waiting for the events' fsync
+        self.hooks: list[Hooked] = []           # post-run hooks running (their jobs have ended)
+        self.preparing: list[Hooked] = []       # preprocess hooks running (resources held)
+        self.hooks_cut_at = float("inf")        # post-run hooks are stopped then (request_stop)
         self._starter: Starter | None = None    # started with the first job
         self.signalled: str | None = None       # SIGTERM/SIGINT noted, acted on by tick
         self._wake_r: int | None = None         # readable when a signal came (run())
@@ -164,6 +177,7 @@ class Launcher:
     def request_stop(self, why: str) -> None:
         if not self.draining:
             self.draining = why
+            self.hooks_cut_at = time.monotonic() + self.grace   # hooks get the jobs' grace
             log.info("launcher %s: %s; no new jobs, stopping running ones", self.id, why)
             if self._starter is not None:
                 self._starter.pump()       # a job already reaped ended on its own
@@ -194,11 +208,13 @@ class Launcher:
             elif self.max_jobs is not None and self.launches >= self.max_jobs:
                 self.draining = f"max_jobs {self.max_jobs} reached"
             else:
+                if self.preparing:
+                    self._prepared(now)
                 self.fill(now)           # freed resources go to the next jobs first
         self.judge(ended, now)
-        if self.running:
+        if self.running or self.hooks or self.preparing:
             self.idle_since = now
-        if self.draining and not self.running:
+        if self.draining and not self.running and (not self.hooks or now >= self.hooks_cut_at):
             self.exit_reason = self.draining
             return False
         # Idle means: nothing ran for idle_ttl and a whole pass over ready/ that began after
@@ -248,6 +264,8 @@ class Launcher:
             time.sleep(min(IDLE_SCAN_SEC, 0.05))
             return
         timeout = IDLE_SCAN_SEC if self.pool.has_room() and not self.draining else 1.0
+        if self.hooks or self.preparing:
+            timeout = min(timeout, HOOK_POLL_SEC)
         if self.verdicts:
             left = self.verdicts_since + VERDICT_SYNC_SEC - time.monotonic()
             timeout = min(timeout, max(left, 0.0))
@@ -268,12 +286,25 @@ class Launcher:
 
     def shutdown(self) -> None:
         """Leave nothing behind: end running jobs, return unstarted claims, say goodbye."""
-        if self.running:
+        if self.running or self.hooks:
             self.request_stop(self.draining or "launcher exiting")
             deadline = time.monotonic() + self.grace + 5
-            while self.running and time.monotonic() < deadline:
+            while time.monotonic() < deadline and (
+                    self.running or (self.hooks and time.monotonic() < self.hooks_cut_at)):
                 self.reap(time.monotonic())
                 time.sleep(0.01)
+            for h in self.hooks:
+                # Past the grace its post-run hook never finished: the job goes back for
+                # another attempt, as a job stopped at the walltime does.
+                h.hook.kill()
+                run, hook = h.then[0], h.then[1]
+                self.verdicts.append(self._after_hook(
+                    h.rec, run, hook, "timeouts", f"{hook} stopped: {self.draining}", None))
+            self.hooks.clear()
+        for h in self.preparing:     # never started: the job goes back unchanged (below)
+            h.hook.kill()
+            self._unplace(h.then[0])
+        self.preparing.clear()
         self._publish_verdicts(time.monotonic(), force=True)
         # race: a claim whose start failed, or a job claimed just before the stop, is in
         # running/L/ but not running; it was never started, so it goes back unchanged.
@@ -354,11 +385,15 @@ class Launcher:
             before.standby = None              # (the starter drops those behind it too)
 
     def judge(self, ended: list, now: float) -> None:
-        """Write the verdicts of ``ended`` jobs; their renames follow the events' sync."""
-        if ended and not self.verdicts:
+        """Write the verdicts of ``ended`` jobs, and of jobs whose post-run hook has ended;
+        their renames follow the events' sync."""
+        moves = [self._verdict(run, rc, ended_at) for run, rc, ended_at in ended]
+        moves += [self._after_hook(h.rec, *h.then, res)
+                  for h, res in self._hooks_done(self.hooks, now)]
+        moves = [m for m in moves if m is not None]
+        if moves and not self.verdicts:
             self.verdicts_since = now
-        for run, rc, ended_at in ended:
-            self.verdicts.append(self._verdict(run, rc, ended_at))
+        self.verdicts += moves
         self.events.flush(durable=False)     # readers see verdicts at once
         self._publish_verdicts(now)
 
@@ -375,17 +410,33 @@ class Launcher:
         for move in moves:
             move()
 
-    def _hook(self, app, rec: dict, hook: str) -> dict | None:
-        """Run a Python app's hook (in a child process, in the job's workdir), or None.
+    def _hook(self, app, rec: dict, hook: str) -> pyapp.HookRun | None:
+        """Start a Python app's hook in a child process (in the job's workdir); None if the
+        app does not define it.
 
         Hooks run where Balsam's site would run them, but on the launcher's node, while the
-        job is still in running/L/: ``preprocess`` before the start, ``postprocess`` after
-        rc 0, ``handle_error`` after rc != 0, ``handle_timeout`` after a timeout.  An
-        exception in a hook fails the job with the hook's message; it is never dropped.
+        job is still in running/L/: ``preprocess`` before the start (its resources held
+        meanwhile), ``postprocess`` after rc 0, ``handle_error`` after rc != 0,
+        ``handle_timeout`` after a timeout.  The loop does not wait for them; each tick
+        polls them (``_hooks_done``).  An exception in a hook, or a hook still running after
+        ``hook_timeout``, fails the job with the hook's message; it is never dropped.
         """
         if app is None or not app.python_class or not pyapp.has_hook(self.layout.root, app, hook):
             return None
-        return pyapp.run_hook(self.layout.root, app, rec, hook, timeout=self.hook_timeout)
+        return pyapp.start_hook(self.layout.root, app, rec, hook)
+
+    def _hooks_done(self, pending: list[Hooked], now: float) -> list[tuple[Hooked, dict]]:
+        """The hooks of ``pending`` that have ended, or overran and were killed, taken out
+        of it, with their results."""
+        done = []
+        for h in list(pending):
+            res = h.hook.poll()
+            if res is None and now >= h.deadline:
+                res = h.hook.expire(self.hook_timeout)
+            if res is not None:
+                pending.remove(h)
+                done.append((h, res))
+        return done
 
     def _verdict(self, run: runner.Running, rc: int, ended_at: float):
         rec = run.record
@@ -417,7 +468,17 @@ class Launcher:
             rec = self.emit(rec, S.RUN_ERROR, t=ended_at, msg=msg,
                             error=runner.tail(run.out, self.tail_lines), **details)
             hook, kind = "handle_error", "errors"
-        res = self._hook(app, rec, hook)
+        started = self._hook(app, rec, hook)
+        if started is not None:      # its verdict waits for the hook, this loop does not
+            self.hooks.append(Hooked(started, time.monotonic() + self.hook_timeout, run.path,
+                                     rec, (run, hook, kind, msg)))
+            return None
+        return self._after_hook(rec, run, hook, kind, msg, None)
+
+    def _after_hook(self, rec: dict, run: runner.Running, hook: str, kind: str | None,
+                    msg: str | None, res: dict | None):
+        """The rest of a verdict once the hook (if any) has said its word: the move."""
+        app = run.app
         if res is not None and (res.get("data") is not None or res.get("state_data")):
             extra = {"data": res["data"]} if res.get("data") is not None else {}
             rec = self.emit(rec, S.POSTPROCESSED if kind is None else rec["state"],
@@ -662,8 +723,9 @@ class Launcher:
                     keep.append(path)
                 continue
             before = next((r for r in slots if r.req == got.req), None)   # none runs mpiexec
-            if before is None:
-                keep.append(path)
+            if before is None or pyapp.has_hook(self.layout.root, self.apps.get(got.rec["app"]),
+                                                "preprocess"):
+                keep.append(path)            # (a preprocess hook needs this loop: no standby)
                 continue
             self.parsed.pop(path)
             claimed = self.store.claim(path, self.id)
@@ -735,13 +797,36 @@ class Launcher:
         workdir = self.layout.workdir(rec["workdir"])   # made by the site, or by the starter
         if app.python_class:
             workdir.mkdir(parents=True, exist_ok=True)      # hooks and run() start in it
-        res = self._hook(app, rec, "preprocess")
-        if res is not None:
+        started = self._hook(app, rec, "preprocess")
+        if started is not None:
+            if after is not None:     # not a standby's kind of job (see _queue_standbys)
+                started.kill()
+                self.store.move(path, self.layout.job_path("ready", job_id))
+                self.store.drop_token(job_id)
+                return
+            self.preparing.append(Hooked(started, time.monotonic() + self.hook_timeout, path,
+                                         rec, (placement, req, app, workdir, by)))
+            return
+        self._launch(path, placement, rec, req, app, workdir, after, by)
+
+    def _prepared(self, now: float) -> None:
+        """Start the jobs whose preprocess hook has ended (or fail them), on the resources
+        held for them."""
+        for h, res in self._hooks_done(self.preparing, now):
+            placement, req, app, workdir, by = h.then
+            rec = h.rec
             if res.get("error") or res.get("state") == S.FAILED:
-                return self._fail_start(path, rec, owned,
-                                        f"preprocess failed: {res.get('error') or 'set FAILED'}")
+                self._fail_start(h.path, rec, placement,
+                                 f"preprocess failed: {res.get('error') or 'set FAILED'}")
+                continue
             extra = {"data": res["data"]} if res.get("data") is not None else {}
             rec = self.emit(rec, S.PREPROCESSED, msg=res.get("state_data"), **extra)
+            self._launch(h.path, placement, rec, req, app, workdir, None, by)
+
+    def _launch(self, path: Path, placement, rec: dict, req: Request, app, workdir: Path,
+                after: runner.Running | None, by: float | None) -> None:
+        """Hand the claimed job to the starter (see ``_start``)."""
+        owned = placement if after is None else None
         try:
             run = runner.start(rec, app, placement, req, site_root=self.layout.root,
                                workdir=workdir, machine=self.machine, mode=self.mode, path=path,

@@ -162,10 +162,18 @@ class HookRun:
         try:
             rc = self.proc.wait(timeout)
         except subprocess.TimeoutExpired:
-            self.kill()
-            return self._finish({"state": None, "data": None,
-                                 "error": f"hook {self.hook} timed out after {timeout:g} s"})
+            return self.expire(timeout)
         return self._collect(rc)
+
+    def expire(self, timeout: float) -> dict:
+        """Kill a hook that overran ``timeout`` seconds; its result says so."""
+        if self.result is not None:
+            return self.result
+        if self.proc is not None and self.proc.poll() is not None:   # it just made it
+            return self._collect(self.proc.returncode)
+        self.kill()
+        return self._finish({"state": None, "data": None,
+                             "error": f"hook {self.hook} timed out after {timeout:g} s"})
 
     def kill(self) -> None:
         if self.proc is not None and self.proc.poll() is None:

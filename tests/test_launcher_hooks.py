@@ -1,0 +1,106 @@
+"""Python apps' hooks through a real launcher: a slow hook never holds up the other jobs,
+and a hook still running when the launcher stops sends its job back for another attempt."""
+from __future__ import annotations
+
+import os
+import signal
+import time
+
+from spoolbalsam.api import ApplicationDefinition
+
+from helpers import (drop, edit_settings, ids_in, job, record, start_launcher, wait_for)
+
+
+def _wait_gate(job_view, what: str) -> None:
+    """Mark that the hook has begun, then wait (at most 60 s) for the test's gate file."""
+    wd = os.getcwd()
+    open(os.path.join(wd, f"{what}.began"), "w").close()
+    gate = job_view.parameters["gate"]
+    deadline = time.monotonic() + 60
+    while not os.path.exists(gate) and time.monotonic() < deadline:
+        time.sleep(0.02)
+
+
+class GatedPost(ApplicationDefinition):
+    command_template = "echo ran {{ gate }}"
+
+    def postprocess(self):
+        _wait_gate(self.job, "post")
+        self.job.data = {"post": "done"}
+
+
+class GatedPre(ApplicationDefinition):
+    command_template = "echo ran {{ gate }}"
+
+    def preprocess(self):
+        _wait_gate(self.job, "pre")
+        self.job.data = {"pre": "done"}
+
+
+def _sync(site) -> None:
+    for cls in (GatedPost, GatedPre):
+        cls.site = str(site)
+        cls.sync()
+
+
+def test_a_slow_postprocess_holds_up_no_other_job(running_site, tmp_path):
+    site = running_site
+    _sync(site)
+    gate = tmp_path / "open-post"
+    drop(site, "slow.json", job(app="GatedPost", workdir="hooks/slow", id="slow",
+                                parameters={"gate": str(gate)}, node_packing_count=4))
+    wait_for(lambda: "slow" in ids_in(site, "ready"), 20, "the gated job ready")
+    start_launcher(site, idle_ttl=30)
+    wait_for(lambda: (site / "data/hooks/slow/post.began").exists(), 60, "its postprocess")
+    for i in range(6):
+        drop(site, f"q{i}.json", job(workdir=f"hooks/q{i}", id=f"q{i}", node_packing_count=4))
+    # While the hook waits for its gate, the launcher starts and finishes the others ...
+    wait_for(lambda: {f"q{i}" for i in range(6)} <= set(ids_in(site, "done")), 60,
+             "the other jobs done while the hook runs")
+    assert "slow" in ids_in(site, "running")          # ... and the hooked job waits for it
+    gate.touch()
+    wait_for(lambda: record(site, "slow").get("state") == "JOB_FINISHED", 60, "the hooked job")
+    rec = record(site, "slow")
+    assert rec["data"] == {"post": "done"} and rec["return_code"] == 0
+    assert [h["to"] for h in rec["history"]][-3:] == ["RUN_DONE", "POSTPROCESSED",
+                                                      "JOB_FINISHED"]
+
+
+def test_a_slow_preprocess_holds_up_no_other_job(running_site, tmp_path):
+    site = running_site
+    _sync(site)
+    gate = tmp_path / "open-pre"
+    drop(site, "prep.json", job(app="GatedPre", workdir="hooks/prep", id="prep",
+                                parameters={"gate": str(gate)}, node_packing_count=4))
+    wait_for(lambda: "prep" in ids_in(site, "ready"), 20, "the gated job ready")
+    start_launcher(site, idle_ttl=30)
+    wait_for(lambda: (site / "data/hooks/prep/pre.began").exists(), 60, "its preprocess")
+    for i in range(6):
+        drop(site, f"p{i}.json", job(workdir=f"hooks/p{i}", id=f"p{i}", node_packing_count=4))
+    wait_for(lambda: {f"p{i}" for i in range(6)} <= set(ids_in(site, "done")), 60,
+             "the other jobs done while the hook runs")
+    assert "prep" in ids_in(site, "running")
+    assert not (site / "data/hooks/prep/job.out").exists()      # not started before its hook
+    gate.touch()
+    wait_for(lambda: record(site, "prep").get("state") == "JOB_FINISHED", 60, "the hooked job")
+    rec = record(site, "prep")
+    assert rec["data"] == {"pre": "done"} and rec["return_code"] == 0
+    steps = [h["to"] for h in rec["history"]]
+    assert steps.index("PREPROCESSED") < steps.index("RUNNING")
+
+
+def test_a_hook_running_when_the_launcher_stops_sends_its_job_back(running_site, tmp_path):
+    site = running_site
+    _sync(site)
+    edit_settings(site, {"launcher": {"sigterm_grace_sec": 1}})
+    drop(site, "cut.json", job(app="GatedPost", workdir="hooks/cut", id="cut",
+                               parameters={"gate": str(tmp_path / "never")}))
+    wait_for(lambda: "cut" in ids_in(site, "ready"), 20, "the gated job ready")
+    proc = start_launcher(site, idle_ttl=30)
+    wait_for(lambda: (site / "data/hooks/cut/post.began").exists(), 60, "its postprocess")
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(30) == 0
+    wait_for(lambda: "cut" in ids_in(site, "ready"), 20, "the job back in ready/")
+    rec = record(site, "cut")
+    assert rec["attempt"] == 2 and rec["state"] == "RESTART_READY", rec
+    assert "postprocess stopped" in rec["history"][-1].get("msg", ""), rec["history"][-1]
