@@ -723,9 +723,13 @@ class Launcher:
                     keep.append(path)
                 continue
             before = next((r for r in slots if r.req == got.req), None)   # none runs mpiexec
-            if before is None or pyapp.has_hook(self.layout.root, self.apps.get(got.rec["app"]),
-                                                "preprocess"):
-                keep.append(path)            # (a preprocess hook needs this loop: no standby)
+            if before is None:
+                keep.append(path)
+                continue
+            name = got.rec["app"]
+            app = before.app if name == before.record["app"] else self.apps.get(name)
+            if pyapp.has_hook(self.layout.root, app, "preprocess"):
+                keep.append(path)            # a preprocess hook needs this loop: no standby
                 continue
             self.parsed.pop(path)
             claimed = self.store.claim(path, self.id)
