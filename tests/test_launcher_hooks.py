@@ -104,3 +104,4 @@ def test_a_hook_running_when_the_launcher_stops_sends_its_job_back(running_site,
     rec = record(site, "cut")
     assert rec["attempt"] == 2 and rec["state"] == "RESTART_READY", rec
     assert "postprocess stopped" in rec["history"][-1].get("msg", ""), rec["history"][-1]
+    assert not [p for p in (site / "data/hooks/cut").iterdir() if p.name.startswith(".spool-hook")]

@@ -296,13 +296,13 @@ class Launcher:
             for h in self.hooks:
                 # Past the grace its post-run hook never finished: the job goes back for
                 # another attempt, as a job stopped at the walltime does.
-                h.hook.kill()
+                h.hook.expire(self.grace)
                 run, hook = h.then[0], h.then[1]
                 self.verdicts.append(self._after_hook(
                     h.rec, run, hook, "timeouts", f"{hook} stopped: {self.draining}", None))
             self.hooks.clear()
         for h in self.preparing:     # never started: the job goes back unchanged (below)
-            h.hook.kill()
+            h.hook.expire(self.grace)
             self._unplace(h.then[0])
         self.preparing.clear()
         self._publish_verdicts(time.monotonic(), force=True)
@@ -801,13 +801,12 @@ class Launcher:
         workdir = self.layout.workdir(rec["workdir"])   # made by the site, or by the starter
         if app.python_class:
             workdir.mkdir(parents=True, exist_ok=True)      # hooks and run() start in it
-        started = self._hook(app, rec, "preprocess")
+        if after is not None and pyapp.has_hook(self.layout.root, app, "preprocess"):
+            self.store.move(path, self.layout.job_path("ready", job_id))   # no standby's kind
+            self.store.drop_token(job_id)                                  # (_queue_standbys)
+            return
+        started = self._hook(app, rec, "preprocess") if after is None else None
         if started is not None:
-            if after is not None:     # not a standby's kind of job (see _queue_standbys)
-                started.kill()
-                self.store.move(path, self.layout.job_path("ready", job_id))
-                self.store.drop_token(job_id)
-                return
             self.preparing.append(Hooked(started, time.monotonic() + self.hook_timeout, path,
                                          rec, (placement, req, app, workdir, by)))
             return
