@@ -292,3 +292,36 @@ def test_a_reader_of_a_recycled_file_is_told_the_job_moved_on(tmp_path):
     with pytest.raises(FileNotFoundError):
         read_job(lay.job_path("ready", a), "ready")
     assert read_job(lay.job_path("ready", b), "ready")["id"] == b
+
+
+@pytest.mark.parametrize("src,dst", [("running", "done"), ("running", "failed"),
+                                     ("running", "ready"), ("ready", "running"),
+                                     ("waiting", "ready"), ("created", "ready"),
+                                     ("done", "ready"), ("failed", "ready")])
+def test_locate_finds_a_job_that_moves_at_any_moment_of_its_look(tmp_path, monkeypatch,
+                                                                  src, dst):
+    """One move (a claim, a finish, a retry, a revoke) between any two of locate's looks
+    never makes a job look gone: the settle and merge steps would drop it."""
+    lay = Layout(tmp_path / "S")
+    lay.make()
+    (lay.running / "L1").mkdir()
+    real = os.path.exists
+    for k in range(1, 16):
+        job_id = new_id()
+        path = lay.job_path(src, job_id, "L1")
+        fsio.write_json_atomic(path, {"id": job_id})
+        looks = []
+
+        def exists(p, job_id=job_id, path=path, looks=looks, k=k):
+            got = real(p)
+            looks.append(p)
+            if len(looks) == k:
+                fsio.rename(path, lay.job_path(dst, job_id, "L1"))
+            return got
+        monkeypatch.setattr(os.path, "exists", exists)
+        try:
+            found = Store(lay).locate(job_id, {})
+        finally:
+            monkeypatch.setattr(os.path, "exists", real)
+        assert found is not None, f"{src} -> {dst} after look {k} of {len(looks)}: lost"
+        assert found[0] in (src, dst)

@@ -95,9 +95,17 @@ class Store:
         A job held in a limbo (mid-move, or left there by a crash) still exists, in the
         directory it is moving to.  Bulk callers pass one ``limbo_index()`` for many lookups;
         otherwise the limbos are listed only when the job is found nowhere else.
+
+        # race: the job may move while we look.  The directories are looked at in the
+        # order jobs move forward through them (created, waiting, ready, running/L, done,
+        # failed), so a forward move between two looks is seen by the later one: a parent
+        # renamed from running/L/ into done/ is not missed.  Jobs move backwards only into
+        # ready/ (a retry, a revoke, an unstarted claim returned), so ready/ is looked at
+        # once more at the end.  Only two moves within one pass (microseconds) can hide a
+        # job.
         """
         lay, exists = self.layout, os.path.exists
-        for state in SHARDED_DIRS:
+        for state in ("created", "waiting", "ready"):
             p = lay.job_file(state, job_id)
             if exists(p):
                 return state, Path(p)
@@ -105,9 +113,10 @@ class Store:
             p = lay.job_file("running", job_id, launcher)
             if exists(p):
                 return "running", Path(p)
-        p = lay.job_file("created", job_id)
-        if exists(p):
-            return "created", Path(p)
+        for state in ("done", "failed", "ready"):
+            p = lay.job_file(state, job_id)
+            if exists(p):
+                return state, Path(p)
         if limbo is None:
             limbo = self.limbo_index()
         return limbo.get(job_id)
