@@ -43,47 +43,38 @@ def _sync(site) -> None:
         cls.sync()
 
 
-def test_a_slow_postprocess_holds_up_no_other_job(running_site, tmp_path):
-    site = running_site
+def _others_finish_while_the_hook_waits(site, tmp_path, app: str, hook: str) -> dict:
+    """One job of ``app`` whose ``hook`` waits for a gate, six plain jobs dropped once the
+    hook has begun: all six finish while the hook still waits, and the hooked job is still
+    in running/.  Then the gate opens; the hooked job's record, once finished."""
     _sync(site)
-    gate = tmp_path / "open-post"
-    drop(site, "slow.json", job(app="GatedPost", workdir="hooks/slow", id="slow",
-                                parameters={"gate": str(gate)}, node_packing_count=4))
-    wait_for(lambda: "slow" in ids_in(site, "ready"), 20, "the gated job ready")
+    gate = tmp_path / f"open-{hook}"
+    drop(site, "gated.json", job(app=app, workdir="hooks/gated", id="gated",
+                                 parameters={"gate": str(gate)}, node_packing_count=4))
+    wait_for(lambda: "gated" in ids_in(site, "ready"), 20, "the gated job ready")
     start_launcher(site, idle_ttl=30)
-    wait_for(lambda: (site / "data/hooks/slow/post.began").exists(), 60, "its postprocess")
+    wait_for(lambda: (site / f"data/hooks/gated/{hook}.began").exists(), 60, f"its {hook}")
     for i in range(6):
         drop(site, f"q{i}.json", job(workdir=f"hooks/q{i}", id=f"q{i}", node_packing_count=4))
-    # While the hook waits for its gate, the launcher starts and finishes the others ...
     wait_for(lambda: {f"q{i}" for i in range(6)} <= set(ids_in(site, "done")), 60,
              "the other jobs done while the hook runs")
-    assert "slow" in ids_in(site, "running")          # ... and the hooked job waits for it
+    assert "gated" in ids_in(site, "running")          # the hooked job waits for its hook
+    if hook == "pre":
+        assert not (site / "data/hooks/gated/job.out").exists()   # not started before it
     gate.touch()
-    wait_for(lambda: record(site, "slow").get("state") == "JOB_FINISHED", 60, "the hooked job")
-    rec = record(site, "slow")
+    wait_for(lambda: record(site, "gated").get("state") == "JOB_FINISHED", 60, "the hooked job")
+    return record(site, "gated")
+
+
+def test_a_slow_postprocess_holds_up_no_other_job(running_site, tmp_path):
+    rec = _others_finish_while_the_hook_waits(running_site, tmp_path, "GatedPost", "post")
     assert rec["data"] == {"post": "done"} and rec["return_code"] == 0
     assert [h["to"] for h in rec["history"]][-3:] == ["RUN_DONE", "POSTPROCESSED",
                                                       "JOB_FINISHED"]
 
 
 def test_a_slow_preprocess_holds_up_no_other_job(running_site, tmp_path):
-    site = running_site
-    _sync(site)
-    gate = tmp_path / "open-pre"
-    drop(site, "prep.json", job(app="GatedPre", workdir="hooks/prep", id="prep",
-                                parameters={"gate": str(gate)}, node_packing_count=4))
-    wait_for(lambda: "prep" in ids_in(site, "ready"), 20, "the gated job ready")
-    start_launcher(site, idle_ttl=30)
-    wait_for(lambda: (site / "data/hooks/prep/pre.began").exists(), 60, "its preprocess")
-    for i in range(6):
-        drop(site, f"p{i}.json", job(workdir=f"hooks/p{i}", id=f"p{i}", node_packing_count=4))
-    wait_for(lambda: {f"p{i}" for i in range(6)} <= set(ids_in(site, "done")), 60,
-             "the other jobs done while the hook runs")
-    assert "prep" in ids_in(site, "running")
-    assert not (site / "data/hooks/prep/job.out").exists()      # not started before its hook
-    gate.touch()
-    wait_for(lambda: record(site, "prep").get("state") == "JOB_FINISHED", 60, "the hooked job")
-    rec = record(site, "prep")
+    rec = _others_finish_while_the_hook_waits(running_site, tmp_path, "GatedPre", "pre")
     assert rec["data"] == {"pre": "done"} and rec["return_code"] == 0
     steps = [h["to"] for h in rec["history"]]
     assert steps.index("PREPROCESSED") < steps.index("RUNNING")
