@@ -90,6 +90,19 @@ def rmtree_parallel(path: Path, procs: int | None = None) -> None:
     rmtree(path)
 
 
+def wait_for(cond, timeout: float, what: str, script: str):
+    """Poll ``cond`` every 5 ms until it returns something true, and return that; exit
+    with a message naming ``what`` after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        got = cond()
+        if got:
+            return got
+        if time.monotonic() > deadline:
+            raise SystemExit(f"{script}: timed out waiting for {what}")
+        time.sleep(0.005)
+
+
 def med(xs: list[float]) -> float:
     return statistics.median(xs) if xs else float("nan")
 

@@ -39,16 +39,7 @@ from spoolbalsam.spool.layout import Layout
 from spoolbalsam.spool.store import read_job
 from spoolbalsam.submit import submit_jobs
 
-
-def _wait(cond, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while True:
-        got = cond()
-        if got:
-            return got
-        if time.monotonic() > deadline:
-            raise SystemExit(f"idle_launcher: timed out waiting for {what}")
-        time.sleep(0.005)
+NAME = "idle_launcher"
 
 
 def _cpu_sec(pid: int) -> float:
@@ -111,7 +102,7 @@ def main() -> None:
         launcher = C.start(C.SPOOL + ["--site", str(root), "launcher", "-j", "serial",
                                       "-t", "30", "--idle-ttl", "600"], top / "launcher.out",
                            cwd=root)
-        pid = _wait(lambda: _launcher_pid(layout), 30, "the launcher's lease")
+        pid = C.wait_for(lambda: _launcher_pid(layout), 30, "the launcher's lease", NAME)
         time.sleep(1.0)        # past its start-up and first passes
         c0 = _cpu_sec(pid)
         time.sleep(a.sec)      # the measurement window
@@ -131,8 +122,8 @@ def main() -> None:
             t0 = time.time()
             rec, = submit_jobs(layout, [{"app": "Bench", "workdir": f"b/{i}",
                                          "node_packing_count": 2}], source="bench")
-            started = _wait(lambda: _merged_start(layout.job_path("done", rec["id"])), 30,
-                            "the job")
+            started = C.wait_for(lambda: _merged_start(layout.job_path("done", rec["id"])),
+                                 30, "the job", NAME)
             delays.append(1e3 * (started - t0))
         print(f"reaction   submit -> started: {C.spread(delays, '{:.0f}')} ms "
               f"(median (min–max) of {a.jobs})")

@@ -29,14 +29,7 @@ from spoolbalsam.spool.store import read_job
 from spoolbalsam.submit import submit_jobs
 
 JOBS = 20
-
-
-def _wait(cond, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not cond():
-        if time.monotonic() > deadline:
-            raise SystemExit(f"launcher_start: timed out waiting for {what}")
-        time.sleep(0.005)
+NAME = "launcher_start"
 
 
 def one(tmp: Path) -> float:
@@ -51,17 +44,17 @@ def one(tmp: Path) -> float:
                        cwd=root)
         recs = submit_jobs(layout, [{"app": "Bench", "workdir": f"b/{i}", "node_packing_count": 2}
                                     for i in range(JOBS)], source="bench")
-        _wait(lambda: not fsio.list_names(layout.created), 30, "the site's intake")
+        C.wait_for(lambda: not fsio.list_names(layout.created), 30, "the site's intake", NAME)
         argv = C.SPOOL + ["--site", str(root), "launcher", "-j", "serial", "-t", "5",
                           "--idle-ttl", "0.5"]
         t0 = time.time()
         launcher = C.start(argv, tmp / "launcher.out", cwd=root)
         paths = [layout.job_path("done", r["id"]) for r in recs]
-        _wait(lambda: all(p.exists() for p in paths), 30, "the jobs")
+        C.wait_for(lambda: all(p.exists() for p in paths), 30, "the jobs", NAME)
         # started_at arrives with the site's merge of the launcher's events
         started = []
         for p in paths:
-            _wait(lambda: _merged(p), 10, "the site's merge")
+            C.wait_for(lambda: _merged(p), 10, "the site's merge", NAME)
             started.append(read_job(p, "done")["started_at"])
         return min(started) - t0
     finally:
