@@ -145,7 +145,7 @@ def _fast_dir(base: Path, n: int) -> Path:
 
 
 def _fstype(path: Path) -> str:
-    from spoolbalsam.watch import filesystem_type
+    from spoolbalsam.site.watch import filesystem_type
     return filesystem_type(path.resolve())
 
 

@@ -97,7 +97,7 @@ def main() -> None:
         (layout.apps / "Bench.yml").write_text("command_template: /bin/true\n")
         for n in range(SHARDS):
             (layout.state_dir("ready") / f"{n:02x}").mkdir(exist_ok=True)
-        site = C.start([sys.executable, "-m", "spoolbalsam.service", str(root)],
+        site = C.start([sys.executable, "-m", "spoolbalsam.site.service", str(root)],
                        top / "site.out", cwd=root)
         launcher = C.start(C.SPOOL + ["--site", str(root), "launcher", "-j", "serial",
                                       "-t", "30", "--idle-ttl", "600"], top / "launcher.out",

@@ -40,7 +40,7 @@ def one(tmp: Path) -> float:
     (layout.apps / "Bench.yml").write_text("command_template: /bin/true\n")
     site = launcher = None
     try:
-        site = C.start([sys.executable, "-m", "spoolbalsam.service", str(root)], tmp / "site.out",
+        site = C.start([sys.executable, "-m", "spoolbalsam.site.service", str(root)], tmp / "site.out",
                        cwd=root)
         recs = submit_jobs(layout, [{"app": "Bench", "workdir": f"b/{i}", "node_packing_count": 2}
                                     for i in range(JOBS)], source="bench")

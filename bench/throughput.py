@@ -9,7 +9,7 @@ and an app ``Bench`` whose command is the task; every job has ``node_packing_cou
 which is what lets two share the node -- with Balsam's default of 1 a job takes the whole
 node and the launcher runs one at a time):
 
-* set-up, not timed: the site process (``python -m spoolbalsam.service SITE``) is started
+* set-up, not timed: the site process (``python -m spoolbalsam.site.service SITE``) is started
   and has reported in;
 * t0: in this process the N jobs are created with the Python API
   ``spoolbalsam.submit.submit_jobs`` (validated, written to ``jobs/created/`` under one
@@ -207,7 +207,7 @@ def run_spool(n: int, sleep: float, slots: int, tmp: Path, poll: float, timeout:
     res: dict = {"n": n}
     cpu: dict = {"launcher": None, "site": None}
     try:
-        site = C.start(_profiled([sys.executable, "-m", "spoolbalsam.service", str(root)],
+        site = C.start(_profiled([sys.executable, "-m", "spoolbalsam.site.service", str(root)],
                                  profile, profile_dir, "site"), tmp / "site.out", cwd=root)
         _wait_site_up(layout, site)
         largv = _profiled(C.SPOOL + ["--site", str(root), "launcher", "-j", "serial",

@@ -115,7 +115,7 @@ def site_init(path, name, machine, gpu_ids, gpus, cpus, projects):
 @click.pass_context
 def site_start(ctx, foreground):
     """Start the site process (one per site; a second start refuses)."""
-    from . import service
+    from .site import service
     layout = _site(ctx)
     _settings(layout)
     info = service.running_site(layout)
@@ -131,7 +131,7 @@ def site_start(ctx, foreground):
         return
     layout.log.mkdir(exist_ok=True)
     with open(layout.log / "site.out", "ab") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "spoolbalsam.service", str(layout.root)],
+        proc = subprocess.Popen([sys.executable, "-m", "spoolbalsam.site.service", str(layout.root)],
                                 stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                 start_new_session=True, cwd=layout.root)
     deadline = time.monotonic() + 15
@@ -152,7 +152,7 @@ def site_start(ctx, foreground):
 @click.pass_context
 def site_stop(ctx, timeout):
     """Stop the site process (SIGTERM; it finishes its current step)."""
-    from . import service
+    from .site import service
     layout = _site(ctx)
     info = service.running_site(layout)
     if not info:
@@ -175,7 +175,7 @@ def site_stop(ctx, timeout):
 @click.pass_context
 def site_status(ctx):
     """Is the site running, and how many jobs are in each state."""
-    from . import service
+    from .site import service
     from .spool.query import counts
     layout = _site(ctx)
     info = service.running_site(layout)
@@ -432,8 +432,8 @@ def queue():
 @click.pass_context
 def queue_submit(ctx, num_nodes, wall_time_min, queue_name, project, job_mode, tag, extra_param):
     """Ask for an allocation; the site submits it to the scheduler."""
-    from . import batch
-    from . import service
+    from .site import batch
+    from .site import service
     layout = _site(ctx)
     s = _settings(layout)
     machine = settings_mod.machine_from_settings(s)
@@ -460,7 +460,7 @@ def queue_submit(ctx, num_nodes, wall_time_min, queue_name, project, job_mode, t
 @click.pass_context
 def queue_ls(ctx, history, verbose):
     """List batch jobs (active ones; --history for all)."""
-    from . import batch
+    from .site import batch
     layout = _site(ctx)
     recs = [r for r in batch.load_all(layout) if history or r["state"] not in batch.FINAL]
     if not recs:
@@ -488,7 +488,7 @@ def queue_ls(ctx, history, verbose):
 @click.pass_context
 def queue_term(ctx, ident):
     """Ask the site to delete a batch job (by scheduler id or batch id)."""
-    from . import batch
+    from .site import batch
     layout = _site(ctx)
     for r in batch.load_all(layout):
         if ident in (r["id"], str(r.get("scheduler_id"))):

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from . import settings as settings_mod
 from .apps import AppRegistry
-from .intake import check_job
+from .site.intake import check_job
 from .spool import fsio
 from .spool.layout import Layout
 from .spool.record import InvalidJob, normalize, user_view

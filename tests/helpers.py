@@ -289,6 +289,6 @@ def temps_under(directory: Path) -> list[Path]:
 def site_obj(site: Path):
     """The site process's ``Site`` object, in this process (for deterministic step tests)."""
     from spoolbalsam import settings as settings_mod
-    from spoolbalsam.site import Site
+    from spoolbalsam.site.loop import Site
     s = settings_mod.load(site / "settings.yml")
     return Site(layout(site), s, settings_mod.machine_from_settings(s))

@@ -113,7 +113,7 @@ def cancel_site_batch_jobs(site: Path) -> None:
 # ----------------------------------------------------------------------------- reading
 
 def batch_records(site: Path) -> list[dict]:
-    from spoolbalsam import batch
+    from spoolbalsam.site import batch
     from spoolbalsam.spool.layout import Layout
     return batch.load_all(Layout(site))
 

@@ -2,7 +2,7 @@
 
 The guide's scripts and further Balsam-style scripts (tests/api_scripts/) run as separate
 processes against a fresh site, with a real site process and launcher; the finer points run
-in-process against a site whose process is ``spoolbalsam.site.Site.tick()``.
+in-process against a site whose process is ``spoolbalsam.site.loop.Site.tick()``.
 """
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ from spoolbalsam import settings as settings_mod
 from spoolbalsam.api import (AppDefinitionError, ApplicationDefinition, BatchJob, EventLog,
                              Job, JobBusy, JobFailed, Site, SubmitError)
 from spoolbalsam.api import site as api_site
-from spoolbalsam.site import Site as SiteProcess
+from spoolbalsam.site.loop import Site as SiteProcess
 from spoolbalsam.spool import fsio
 from spoolbalsam.spool.layout import Layout
 from spoolbalsam.spool.store import Store

@@ -1,5 +1,5 @@
 """The elastic queue's pure decision: demand vs supply, limits, deletions."""
-from spoolbalsam.elastic import decide
+from spoolbalsam.site.elastic import decide
 
 CFG = {"queue": "debug", "project": "P", "job_mode": "mpi", "min_num_nodes": 2,
        "max_num_nodes": 8, "min_wall_time_min": 10, "max_wall_time_min": 60,

@@ -369,7 +369,7 @@ def test_a_tick_that_took_in_a_burst_looks_again_without_waiting(site, monkeypat
     """Drops arriving in a burst are taken in back to back; the throttled wait (which
     groups launcher events into fewer merges) comes only once a tick finds few."""
     import threading
-    from spoolbalsam import site as site_mod
+    from spoolbalsam.site import loop as site_mod
     from helpers import site_obj
     s = site_obj(site)
     stop, waits = threading.Event(), []

@@ -116,7 +116,7 @@ def run_job(site, name, workdir, params=None):
 def test_run_argv_is_the_runner_module(site):
     rec = record(site, "Adder", "argv/1", {"a": 1})
     argv = pyapp.run_argv(site.root, app(site, "Adder"), rec)
-    assert argv[1:5] == ["-m", "spoolbalsam.launch.pyapp", "run", str(site.root)]
+    assert argv[1:5] == ["-m", "spoolbalsam.api.child", "run", str(site.root)]
     assert argv[5:] == ["Adder", rec["_path"]]
     del rec["_path"]
     assert pyapp.run_argv(site.root, app(site, "Adder"), rec)[-1] == rec["id"]

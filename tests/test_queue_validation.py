@@ -16,9 +16,9 @@ from pathlib import Path
 import pytest
 
 from queue_helpers import cli, init_site, submit, write_app
-from spoolbalsam import batch as batch_mod
+from spoolbalsam.site import batch as batch_mod
 from spoolbalsam import settings as settings_mod
-from spoolbalsam.batch import BatchManager
+from spoolbalsam.site.batch import BatchManager
 from spoolbalsam.pbs.base import FINISHED, QUEUED, RUNNING, UNKNOWN, SchedStatus, SchedulerError
 from spoolbalsam.spool.layout import Layout
 
@@ -374,7 +374,7 @@ def elastic_site(tmp_path, **elastic) -> Path:
                                      "service_period_sec": 1, **elastic}})
     write_app(site, "true", {"command_template": "true"})
     submit(site, [{"app": "true", "workdir": f"e/{i}"} for i in range(10)])
-    from spoolbalsam.site import Site
+    from spoolbalsam.site.loop import Site
     s = settings_mod.load(site / "settings.yml")
     assert Site(Layout(site), s, settings_mod.machine_from_settings(s)).intake() == 10
     return site

@@ -2,7 +2,7 @@
 
 A launcher ``L`` "on another host" (its lease written by hand with ``host: elsewhere``, so
 the site cannot check its pid) holds jobs in ``jobs/running/L/`` and then stops beating.
-The site (``spoolbalsam.site.Site`` with a ``BatchManager`` over a fake backend) is ticked
+The site (``spoolbalsam.site.loop.Site`` with a ``BatchManager`` over a fake backend) is ticked
 with explicit monotonic ``now`` values, so staleness needs no waiting:
 
 * stale lease, scheduler says the allocation runs -> *suspect*: the jobs stay where they are;
@@ -19,11 +19,11 @@ from pathlib import Path
 import pytest
 
 from queue_helpers import init_site, submit, write_app
-from spoolbalsam import batch as batch_mod
+from spoolbalsam.site import batch as batch_mod
 from spoolbalsam import settings as settings_mod
-from spoolbalsam.batch import BatchManager
+from spoolbalsam.site.batch import BatchManager
 from spoolbalsam.pbs.base import FINISHED, QUEUED, RUNNING, UNKNOWN, SchedStatus, SchedulerError
-from spoolbalsam.site import Site
+from spoolbalsam.site.loop import Site
 from spoolbalsam.spool import fsio
 from spoolbalsam.spool.layout import Layout
 from spoolbalsam.spool.store import Store, read_job

@@ -52,7 +52,7 @@ def slurm_site(tmp_path):
 
 
 def _batch_records(site):
-    from spoolbalsam import batch
+    from spoolbalsam.site import batch
     from spoolbalsam.spool.layout import Layout
     return batch.load_all(Layout(site))
 

@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from spoolbalsam.watch import NETWORK_FS, choose_mode, filesystem_type
+from spoolbalsam.site.watch import NETWORK_FS, choose_mode, filesystem_type
 
 from helpers import drop, edit_settings, job, locate, start_site, stop_site, wait_for
 

@@ -13,8 +13,8 @@ Guarantees
   classes; ``balsam.api`` becomes ``spoolbalsam.api``) and followed by ``SPOOL_METHODS``,
   the methods it defines — then the YAML with ``python_class: NAME``.  A global the class
   uses that cannot be written as source fails ``sync()`` naming it.
-* A ``run()`` app's YAML ``command_template`` is the ``spoolbalsam.launch.pyapp`` runner
-  (``PYTHON -m spoolbalsam.launch.pyapp run "$SPOOL_SITE" NAME "$SPOOL_JOB_ID"``), so any
+* A ``run()`` app's YAML ``command_template`` is the ``spoolbalsam.api.child`` runner
+  (``PYTHON -m spoolbalsam.api.child run "$SPOOL_SITE" NAME "$SPOOL_JOB_ID"``), so any
   launcher that can run a command runs it; its parameters come from ``run``'s signature
   (no default -> required).
 * ``shell_preamble()`` is evaluated once, at ``sync()`` (with ``self.job = None``), and
@@ -250,7 +250,7 @@ _LOADED: dict = {}
 def pyapp_command(python_exe: str | None, name: str) -> str:
     """The command that runs a Python ``run()`` app's job (see ``launch.pyapp``)."""
     exe = python_exe or sys.executable
-    return (f'{shlex.quote(exe)} -m spoolbalsam.launch.pyapp run "$SPOOL_SITE" {name} '
+    return (f'{shlex.quote(exe)} -m spoolbalsam.api.child run "$SPOOL_SITE" {name} '
             f'"$SPOOL_JOB_ID"')
 
 

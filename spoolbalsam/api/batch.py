@@ -1,4 +1,4 @@
-"""``BatchJob``: Balsam's batch-job object over ``spoolbalsam.batch`` requests.
+"""``BatchJob``: Balsam's batch-job object over ``spoolbalsam.site.batch`` requests.
 
 Guarantees
 ----------
@@ -20,7 +20,7 @@ from __future__ import annotations
 import datetime as _dt
 import warnings
 
-from .. import batch as batch_mod
+from ..site import batch as batch_mod
 from .. import settings as settings_mod
 from ..spool import fsio
 from ..submit import SubmitError

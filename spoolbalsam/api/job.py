@@ -563,7 +563,7 @@ def _check_classes_synced(layout: Layout, jobs: list[Job]) -> None:
 # ---- the two ways to change a saved job ----------------------------------------------------------
 def _locate_settled(layout: Layout, store: Store, job_id: str):
     """(directory, path) of the job, waiting while it sits in created/ and the site runs."""
-    from ..service import running_site
+    from ..site.service import running_site
     deadline = time.monotonic() + INTAKE_WAIT_SEC
     while True:
         loc = store.locate(job_id)

@@ -44,7 +44,7 @@ def worker_argv(machine, hosts: list[str], args: list[str]) -> list[str]:
 def run_launcher(layout: Layout, settings: dict, *, mode: str, wall_time_min: float,
                  filter_tags: dict, batch_job: str | None = None, idle_ttl: float | None = None,
                  max_jobs: int | None = None, worker: bool = False) -> str:
-    from ..service import setup_logging
+    from ..site.service import setup_logging
     machine = settings_mod.machine_from_settings(settings)
     nodes = machine.node_specs(os.environ)
     scheduler_id = os.environ.get("PBS_JOBID") or os.environ.get("SLURM_JOB_ID")

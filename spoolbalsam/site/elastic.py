@@ -25,9 +25,9 @@ import random
 import time
 from dataclasses import dataclass
 
-from .spool import fsio
-from .spool.layout import Layout
-from .spool.store import Store
+from ..spool import fsio
+from ..spool.layout import Layout
+from ..spool.store import Store
 
 SAMPLE = 500
 

@@ -24,8 +24,8 @@ import sys
 import time
 from pathlib import Path
 
-from .spool import fsio
-from .spool.layout import Layout
+from ..spool import fsio
+from ..spool.layout import Layout
 
 log = logging.getLogger("spoolbalsam.batch")
 ACTIVE = ("pending_submission", "queued", "running", "pending_deletion")
@@ -140,7 +140,7 @@ class BatchManager:
     @property
     def backend(self):
         if self._backend is None:
-            from .pbs.base import get_backend
+            from ..pbs.base import get_backend
             self._backend = get_backend(self.machine.scheduler)
         return self._backend
 
@@ -272,7 +272,7 @@ class BatchManager:
         log.info("batch job %s submitted as %s", bid, sched_id)
 
     def render(self, rec: dict) -> Path:
-        from .pbs.script import render_job_script, write_job_script
+        from ..pbs.script import render_job_script, write_job_script
         bid = rec["id"]
         argv = [sys.executable, "-m", "spoolbalsam.cli", "launcher", "-j", rec["job_mode"],
                 "-t", str(rec["wall_time_min"]), "--batch-job", bid]

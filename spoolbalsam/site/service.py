@@ -3,7 +3,7 @@
 ``site/site.pid`` holds ``{host, pid, started}`` while it runs, and ``site/site.lock`` is
 held with flock for node-local exclusion (flock is never trusted across nodes: the pid file's
 host tells a user on another login node where the site runs).  SIGTERM/SIGINT stop it after
-the current tick.  Run in the foreground with ``python -m spoolbalsam.service SITE``.
+the current tick.  Run in the foreground with ``python -m spoolbalsam.site.service SITE``.
 """
 from __future__ import annotations
 
@@ -15,10 +15,10 @@ import threading
 import time
 from pathlib import Path
 
-from . import settings as settings_mod
-from .spool import fsio
-from .spool.layout import Layout
-from .spool.lease import pid_alive
+from .. import settings as settings_mod
+from ..spool import fsio
+from ..spool.layout import Layout
+from ..spool.lease import pid_alive
 
 log = logging.getLogger("spoolbalsam.site")
 MIN_TICK_GAP = 0.1      # a burst of events wakes the site at most 10 times a second
@@ -46,7 +46,7 @@ def running_site(layout: Layout) -> dict | None:
 def serve(layout: Layout, stop: threading.Event | None = None) -> None:
     import portalocker
 
-    from .site import Site
+    from .loop import Site
     from .watch import InotifyWatcher, choose_mode
 
     settings = settings_mod.load(layout.settings)
@@ -58,7 +58,7 @@ def serve(layout: Layout, stop: threading.Event | None = None) -> None:
         info = running_site(layout) or {}
         raise AlreadyRunning(f"site {layout.root} is already running (pid {info.get('pid', '?')} "
                              f"on {info.get('host', fsio.HOST)}); stop it with `spool site stop`")
-    from .spool.lease import proc_start
+    from ..spool.lease import proc_start
     fsio.write_json_atomic(pid_file(layout), {"host": fsio.HOST, "pid": os.getpid(),
                                               "pid_start": proc_start(os.getpid()),
                                               "started": time.time()})

@@ -36,17 +36,17 @@ from pathlib import Path
 
 import orjson
 
-from .spool import states as S
-from .apps import AppRegistry
-from .spool import bell, fsio
-from .spool.events import apply_event, event_logs, merge_state, save_merge_state, settled_prefix
-from .spool.ids import new_id, valid_id
-from .spool.layout import Layout
-from .spool.lease import DEAD, EXITED, LeaseJudge, read_lease
+from ..spool import states as S
+from ..apps import AppRegistry
+from ..spool import bell, fsio
+from ..spool.events import apply_event, event_logs, merge_state, save_merge_state, settled_prefix
+from ..spool.ids import new_id, valid_id
+from ..spool.layout import Layout
+from ..spool.lease import DEAD, EXITED, LeaseJudge, read_lease
 from .intake import check_job
-from .spool.policy import after_failure, policy_for
-from .spool.record import InvalidJob, normalize, transition, user_view
-from .spool.store import Store, read_job
+from ..spool.policy import after_failure, policy_for
+from ..spool.record import InvalidJob, normalize, transition, user_view
+from ..spool.store import Store, read_job
 
 log = logging.getLogger("spoolbalsam.site")
 INTAKE_BATCH = 500       # drops published per commit: launchers start on the first batch
@@ -95,7 +95,7 @@ def job_processes(site_root: Path, job_ids: set[str]) -> list[int]:
 
 
 def _alive(pid: int) -> bool:
-    from .spool.lease import pid_alive
+    from ..spool.lease import pid_alive
     return pid_alive(pid)
 
 

@@ -9,16 +9,16 @@ the field.
 """
 from __future__ import annotations
 
-from .spool import states as S
-from .spool import fsio
-from .spool.record import InvalidJob, transition
+from ..spool import states as S
+from ..spool import fsio
+from ..spool.record import InvalidJob, transition
 
 
 def resource_problem(rec: dict, machine) -> tuple[str, str] | None:
     """(field, reason) if the job can never fit one node of ``machine``."""
     if machine is None:
         return None
-    from .launch.resources import Request
+    from ..launch.resources import Request
     try:
         req = Request.from_job(rec)
     except ValueError as e:
