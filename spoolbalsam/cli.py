@@ -15,7 +15,7 @@ from pathlib import Path
 import click
 
 from . import settings as settings_mod
-from .spool import fsio
+from .spool import fsio, hints
 from .spool.layout import MARKER, Layout, SiteNotFound, find_site
 from .spool.lease import pid_alive
 
@@ -383,11 +383,13 @@ def job_rm(ctx, ids, state, tag, all_, yes):
         click.confirm(f"Really remove {len(recs)} job(s)?", abort=True)
     trash = layout.site_dir / "removed"
     trash.mkdir(parents=True, exist_ok=True)
-    n = 0
+    removed = []
     for r in recs:
         # race: a launcher may claim a ready job at this moment; the rename decides.
         if fsio.rename_quiet(Path(r["_path"]), trash / f"{r['id']}.json"):
-            n += 1
+            removed.append(r["id"])
+    hints.send(layout, removed, "spool job rm")
+    n = len(removed)
     click.echo(f"Removed {n} job(s); their records are kept in {trash}")
 
 
@@ -412,6 +414,7 @@ def job_retry(ctx, ids):
                          attempt=rec.get("attempt", 1) + 1, error=None,
                          retries={"errors": 0, "timeouts": 0})
         if store.move_rewrite(loc[1], layout.job_path("ready", job_id), new, limbo):
+            hints.send(layout, [job_id], "spool job retry")
             click.echo(f"Job {job_id} is ready again (attempt {new['attempt']})")
 
 

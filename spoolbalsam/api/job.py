@@ -36,7 +36,7 @@ import orjson
 
 from ..apps import AppRegistry
 from ..launch.pyapp import read_result
-from ..spool import fsio
+from ..spool import fsio, hints
 from ..spool import states as S
 from ..spool.layout import Layout
 from ..spool.query import Filter, select
@@ -610,6 +610,7 @@ def _rewrite(layout: Layout, job_id: str, changes: dict, state: str | None,
                              retries={"errors": 0, "timeouts": 0})
             new = transition(new, state, _writer(), msg, **extra)
         if store.move_rewrite(path, layout.job_path(dest, job_id), new, _limbo(layout)):
+            hints.send(layout, [job_id], "save")
             new["_dir"] = dest
             new["state"] = S.fine_state(dest, new.get("state"))
             return new
@@ -664,6 +665,7 @@ def _remove(layout: Layout, job_id: str) -> bool:
         trash.mkdir(parents=True, exist_ok=True)
         # race: a launcher may claim a ready job at this moment; the rename decides.
         if fsio.rename_quiet(path, trash / f"{job_id}.json"):
+            hints.send(layout, [job_id], "delete")
             return True
     raise JobBusy(f"job {job_id} kept moving while it was being deleted; try again")
 
