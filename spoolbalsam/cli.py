@@ -176,14 +176,63 @@ def site_stop(ctx, timeout):
 def site_status(ctx):
     """Is the site running, and how many jobs are in each state."""
     from .site import service
+    from .spool import index
     from .spool.query import counts
     layout = _site(ctx)
     info = service.running_site(layout)
     s = _settings(layout)
     click.echo(f"site {s['site_name']} ({s['machine']}) at {layout.root}")
     click.echo(f"site process: {'running, pid %s on %s' % (info['pid'], info['host']) if info else 'stopped'}")
+    try:
+        table = index.load(layout, overlay=False)
+        click.echo(f"query index: {len(table)} jobs, last change {_fmt_time(table.t)}")
+    except index.IndexUnreadable as e:
+        click.echo(f"query index: none ({e}); counts come from the directories")
     for k, v in counts(layout).items():
         click.echo(f"  {k:9s} {v}")
+
+
+@site.command("reindex")
+@click.option("--check", is_flag=True,
+              help="Compare the index with a full scan of the records instead; exit 1 if "
+                   "they differ (run it on a quiet site: jobs in flight show as differences).")
+@click.option("--timeout", default=600.0, show_default=True,
+              help="Seconds to wait for a running site to rebuild.")
+@click.pass_context
+def site_reindex(ctx, check, timeout):
+    """Rebuild the query index from the job records (or --check it)."""
+    from .site import service
+    from .spool import index
+    layout = _site(ctx)
+    if check:
+        try:
+            diffs = index.verify(layout)
+        except index.IndexUnreadable as e:
+            raise UserError(f"no index to check: {e}") from None
+        for line in diffs[:50]:
+            click.echo(line)
+        if diffs:
+            raise UserError(f"the index differs from the records in {len(diffs)} place(s); "
+                            "rebuild it with `spool site reindex`")
+        click.echo("The index agrees with the records.")
+        return
+    request = index.index_dir(layout) / "REBUILD"
+    info = service.running_site(layout)
+    if info is None:
+        with service.site_lock(layout) as got:
+            if got:
+                rows = index.Keeper(layout).rebuild()
+                click.echo(f"Index rebuilt from the records: {rows} jobs.")
+                return
+        info = service.running_site(layout) or {}
+    fsio.write_atomic(request, b"requested\n")
+    deadline = time.monotonic() + timeout
+    while request.exists():
+        if time.monotonic() > deadline:
+            raise UserError(f"the site (pid {info.get('pid', '?')}) has not rebuilt the index "
+                            f"in {timeout:g} s; see {layout.log}/site.log")
+        time.sleep(0.05)
+    click.echo("Index rebuilt from the records by the running site.")
 
 
 # ---------------------------------------------------------------------------------------
@@ -293,12 +342,18 @@ def _fmt_time(t) -> str:
 @click.option("-w", "--workdir", help="Workdir contains this.")
 @click.option("-i", "--id", "ids", multiple=True)
 @click.option("--by-state", is_flag=True, help="Counts per state.")
+@click.option("-c", "--count", "count_only", is_flag=True, help="Only the number of matching jobs.")
+@click.option("--limit", type=click.IntRange(min=0), help="At most this many jobs (a page).")
+@click.option("--offset", type=click.IntRange(min=0), default=0, help="Skip this many first.")
 @click.option("-v", "--verbose", is_flag=True, help="Whole records.")
 @click.option("--json", "as_json", is_flag=True, help="One JSON record per line.")
 @click.pass_context
-def job_ls(ctx, state, exclude_state, tag, app_name, workdir, ids, by_state, verbose, as_json):
-    """List jobs (right even while the site is stopped)."""
-    from .spool.query import counts, select
+def job_ls(ctx, state, exclude_state, tag, app_name, workdir, ids, by_state, count_only, limit,
+           offset, verbose, as_json):
+    """List jobs, oldest first (right even while the site is stopped)."""
+    import itertools
+
+    from .spool.query import count, counts, ordered
     layout = _site(ctx)
     plain = not (state or exclude_state or tag or app_name or workdir or ids)
     if by_state and plain:
@@ -306,32 +361,33 @@ def job_ls(ctx, state, exclude_state, tag, app_name, workdir, ids, by_state, ver
             click.echo(f"{k:10s} {v}")
         return
     flt = _job_filter(state, exclude_state, tag, app_name, workdir, ids)
-    if by_state:
-        tally: dict = {}
-        for rec in select(layout, flt):
-            tally[rec["state"]] = tally.get(rec["state"], 0) + 1
+    if by_state or count_only:
+        tally = count(layout, flt)
+        if count_only:
+            click.echo(sum(tally.values()))
+            return
         for k, v in sorted(tally.items()):
             click.echo(f"{k:18s} {v}")
         return
+    recs = itertools.islice(ordered(layout, flt), offset, None if limit is None else offset + limit)
     out = sys.stdout
     if as_json:
         import orjson
-        for rec in select(layout, flt):
+        for rec in recs:
             out.write(orjson.dumps({k: v for k, v in rec.items() if k != "_path"}).decode() + "\n")
         return
     if verbose:
         import yaml
-        for rec in select(layout, flt):
+        for rec in recs:
             rec.pop("_path", None)
             out.write("---\n" + yaml.safe_dump(rec, sort_keys=False))
         return
-    rows = list(select(layout, flt))
-    if not rows:
-        click.echo("No jobs match." if not plain else "No jobs yet.")
+    first = next(recs, None)
+    if first is None:
+        click.echo("No jobs match." if not plain or offset else "No jobs yet.")
         return
-    rows.sort(key=lambda r: (r.get("created_at") or 0, r["id"]))
     out.write(f"{'ID':28s} {'App':14s} {'Workdir':28s} {'State':17s} Tags\n")
-    for r in rows:
+    for r in itertools.chain([first], recs):
         tags = " ".join(f"{k}={v}" for k, v in (r.get("tags") or {}).items())
         extra = f"  {r['error']}" if r["state"] in ("FAILED", "REJECTED") and r.get("error") else ""
         out.write(f"{r['id']:28s} {r.get('app', ''):14s} {r.get('workdir', ''):28s} "

@@ -41,6 +41,10 @@ DEFAULTS: dict = {
         "optional_batch_job_params": {},
         "submit_backoff_sec": 60.0,
     },
+    "index": {
+        "check_period_sec": 600.0,    # the background check of the query index covers every bucket once in this time
+        "compact_min": 50000,         # index log entries before a new generation (and >= a quarter of the jobs)
+    },
     "elastic": {
         "enabled": False,
         "project": "",

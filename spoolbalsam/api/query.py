@@ -5,8 +5,10 @@ Guarantees
 * A query reads nothing until it is evaluated (iteration, ``len``, ``bool``, indexing,
   ``count``, ``first``, ``get``, ``update``, ``delete``).  Each ``filter``/``exclude``/
   ``order_by`` returns a new query; an evaluated query caches its jobs (like Balsam and
-  Django); ``count()`` on an unevaluated query never builds Job objects, and with no
-  content filter it counts file names only (``spool.query.counts``).
+  Django); ``count()`` on an unevaluated query never builds Job objects, and when it
+  filters only by state, tags and app it opens no record (the site's query index:
+  ``spool.query.count``).  ``query[i:j]`` on an unevaluated query ordered by id (the
+  default) or creation time reads only that page's records, as Balsam's API pages.
 * Reading goes through ``spool.query.select`` only: the directories a state filter needs,
   records with the launchers' unmerged events applied, so results are right even while the
   site is stopped.
@@ -31,7 +33,7 @@ import time
 from typing import Any, Iterator
 
 from ..spool import states as S
-from ..spool.query import JOB_DIRS, Filter, counts, select
+from ..spool.query import JOB_DIRS, Filter, count, ordered, select
 
 DONE_STATES = (S.JOB_FINISHED, S.FAILED)
 
@@ -186,18 +188,13 @@ class Conditions:
         return m
 
     @property
-    def by_name_only(self) -> bool:
-        """True when names alone answer a count (no file needs to be opened)."""
-        if self.impossible or self.not_states or self.tags or self.params or self.app:
+    def countable(self) -> bool:
+        """True when ``spool.query.count`` answers a count without the records' contents
+        (from the index: states, tags and app only)."""
+        if self.impossible or self.params or self.ids is not None or self.workdirs:
             return False
-        if self.ids is not None or self.workdirs or self.parents is not None:
-            return False
-        if self.batch_job or self.before is not None or self.after is not None:
-            return False
-        if self.states is None:
-            return True
-        dirs = {S.STATE_DIR[s] for s in self.states}
-        return all(_ALL_FINE[d] <= self.states for d in dirs)
+        return (self.parents is None and not self.batch_job and self.before is None
+                and self.after is None)
 
     def dirs(self) -> tuple[str, ...]:
         if self.states is None:
@@ -364,12 +361,48 @@ class JobQuery(Fetched):
         more = ", ..." if len(jobs) > 10 else ""
         return f"<JobQuery [{', '.join(map(repr, jobs[:10]))}{more}]>"
 
+    def __getitem__(self, index):
+        """``query[i:j]`` reads only that page (``spool.query.ordered``) when the query has
+        not been evaluated and is ordered by id (the default) or creation time."""
+        key = self._page_key()
+        if (self._cache is None and isinstance(index, slice) and key is not None
+                and index.step in (None, 1) and (index.start or 0) >= 0
+                and (index.stop is None or index.stop >= 0)):
+            return self._page(key, index.start or 0, index.stop)
+        return self._fetch()[index]
+
+    def _page_key(self) -> str | None:
+        if not self._order or self._order == ("id",):
+            return "id"
+        if self._order in (("created",), ("created_at",)):
+            return "created"
+        return None
+
+    def _page(self, key: str, start: int, stop: int | None) -> list:
+        if self._cond.impossible or (stop is not None and stop <= start):
+            return []
+        layout = self.layout
+        make = self._manager.model._from_record
+        want = None if stop is None else stop - start
+        out = []
+        for rec in ordered(layout, self._cond.to_filter(), key):
+            if not self._cond.matches(rec) or any(x.matches(rec) for x in self._excludes):
+                continue
+            if start > 0:
+                start -= 1
+                continue
+            out.append(make(rec, layout))
+            if want is not None and len(out) >= want:
+                break
+        return out
+
     def count(self) -> int:
         if self._cache is not None:
             return len(self._cache)
-        if self._cond.by_name_only and not self._excludes:
-            per_dir = counts(self.layout)
-            return sum(per_dir[d] for d in self._cond.dirs())
+        if self._cond.impossible:
+            return 0
+        if self._cond.countable and not self._excludes:
+            return sum(count(self.layout, self._cond.to_filter()).values())
         return sum(1 for _ in self._records())
 
     def exists(self) -> bool:

@@ -17,6 +17,9 @@ One ``tick()`` does, in order:
 4. **batch jobs** — pending submissions go to the scheduler; ended allocations are noticed.
 
 Whatever steps 1-3 put into ``ready/`` is announced on the ready bell (``spool.bell``).
+Every move the site makes or learns of (its own, the launchers' events, the hints CLI and
+API processes leave) goes into the query index (``spool.index``), one log line per tick; a
+slice of the index is checked against the directories every few seconds.
 
 Crash safety: ``recover()`` runs at start.  It finishes half-done moves left in the limbo
 directories, rebuilds the parent→children index from ``waiting/`` and re-checks every
@@ -40,6 +43,7 @@ from ..spool import states as S
 from ..apps import AppRegistry
 from ..spool import bell, fsio
 from ..spool.events import apply_event, event_logs, merge_state, save_merge_state, settled_prefix
+from ..spool.index import COMPACT_MIN, Keeper
 from ..spool.ids import new_id, valid_id
 from ..spool.layout import Layout
 from ..spool.lease import DEAD, EXITED, LeaseJudge, read_lease
@@ -53,6 +57,7 @@ INTAKE_BATCH = 500       # drops published per commit: launchers start on the fi
 INTAKE_BURST = 64        # a tick that took in this many looks again at once, unthrottled
 INTAKE_BUDGET = 1.0      # seconds of intake per tick before merges and liveness get a turn
 SETTLE_PERIOD = 30.0     # seconds between backstop checks of every waiting job's parents
+INDEX_CHECK_PERIOD = 600.0   # seconds for the background check to cover every bucket once
 FINAL = (S.JOB_FINISHED, S.FAILED)
 
 
@@ -116,12 +121,19 @@ class Site:
         self.batch = None                        # BatchManager, attached by the runner
         self.on_launchers = None                 # called with the live launcher dirs
         self.next_settle = 0.0
+        self._index: Keeper | None = None        # opened by recover() or at first use
+        self.next_check = 0.0
+        index_settings = settings.get("index") or {}
+        self.check_every = index_settings.get("check_period_sec", INDEX_CHECK_PERIOD) / 256
+        self.compact_min = int(index_settings.get("compact_min", COMPACT_MIN))
 
     # ---- start-up -------------------------------------------------------------------------
     def recover(self) -> None:
         """Finish what a crash left half-done; rebuild in-memory indexes from disk."""
+        self._open_index()
         for job_id in self.store.finish_limbo(self.limbo, self.layout.site_dir / "events.jsonl"):
             log.info("recovered half-done move of job %s", job_id)
+            self.index.refresh(self.layout, [job_id], self.store)
         self.children.clear()
         waiting = []
         for _, path in self.store.iter_dir("waiting"):
@@ -137,6 +149,29 @@ class Site:
         self._finish_other_limbos()
         self._sweep_temps()
         self.store.ring()       # for a publish whose ring a crash of ours cut off
+        t = time.monotonic()
+        fixed = self.index.reconcile()
+        self.index.flush(self.offsets)
+        log.info("index: %d jobs, checked against the directories in %.2f s (%d corrected)",
+                 len(self.index), time.monotonic() - t, fixed)
+
+    @property
+    def index(self) -> Keeper:
+        if self._index is None:
+            self._open_index()
+        return self._index
+
+    def _open_index(self) -> None:
+        """Open the query index and replay into it the launcher events the merge consumed
+        after the index's last line (a crash between the two)."""
+        if self._index is not None:
+            self._index.close()
+        self._index = Keeper.open(self.layout, self.compact_min)
+        for launcher, path in event_logs(self.layout).items():
+            start, end = self.index.offsets.get(launcher, 0), self.offsets.get(launcher, 0)
+            if start < end:
+                lines, _ = fsio.read_lines_at(path, start)
+                self.index.note_events([ev for ev, off in lines if off <= end])
 
     def _finish_other_limbos(self, older_than: float = 60.0) -> None:
         """Finish moves that a CLI or API process left half-done in its limbo under site/.
@@ -153,7 +188,8 @@ class Site:
                     # ctime: a rename keeps a file's mtime but sets its ctime, so this is
                     # when the file entered the limbo.
                     if (limbo / name).stat().st_ctime < cutoff:
-                        self.store.finish_limbo(limbo)
+                        self.index.refresh(self.layout, self.store.finish_limbo(limbo),
+                                           self.store)
                         break
                 except FileNotFoundError:
                     continue
@@ -204,7 +240,25 @@ class Site:
         if self.batch is not None:
             self.batch.tick(now)
         self.events.flush(durable=False)
+        self.index.take_hints()
+        if now >= self.next_check:
+            self.next_check = now + self.check_every
+            self.index.reconcile_step()
+        self.index.flush(self.offsets)
+        if self.index_requested():
+            self.rebuild_index()
         return counts
+
+    # ---- the query index ------------------------------------------------------------------
+    def index_requested(self) -> bool:
+        return (self.index.dir / "REBUILD").exists()
+
+    def rebuild_index(self) -> None:
+        """``spool site reindex`` asked for the index to be rebuilt from the records."""
+        t = time.monotonic()
+        rows = self.index.rebuild()
+        log.info("index rebuilt from the records: %d jobs in %.1f s", rows, time.monotonic() - t)
+        fsio.unlink_quiet(self.index.dir / "REBUILD")
 
     # ---- 1. intake ------------------------------------------------------------------------
     def intake(self, limit: int = INTAKE_BATCH) -> int:
@@ -222,10 +276,13 @@ class Site:
                 self._reject(src, name, str(e))
         batch = fsio.Batch(self.layout.jobs, self.spares)
         published: dict[str, str] = {}           # id -> directory, for this batch
+        records: list[dict] = []                 # what was published, for the index
+        again: list[str] = []                    # published before a crash: look them up
         taken: list[Path] = []                   # drops to delete once the batch is in
         count = 0
         limbo = self.store.limbo_index()
         for src, name, rec, canonical in _parents_first(parsed):
+            job_id = rec["id"]
             try:
                 rec, where = check_job(rec, f"jobs/created/{name}", self.apps, self.store,
                                        self.machine, published, limbo, intake=True)
@@ -234,6 +291,7 @@ class Site:
                 continue
             if rec is None:                      # already published before a crash
                 taken.append(src)
+                again.append(job_id)
                 count += 1
                 continue
             if where == "ready":
@@ -243,17 +301,24 @@ class Site:
                 # becomes the record by rename, dated by its mtime (record.published_as_
                 # dropped) -- no new file and nothing to delete.  A crash before the
                 # batch's commit leaves it held here; the next intake publishes it again.
-                os.utime(src)
+                now_ns = time.time_ns()
+                os.utime(src, ns=(now_ns, now_ns))
+                rec["created_at"] = now_ns / 1e9     # what readers will see (the mtime)
                 batch.add_rename(src, self.layout.job_path(where, rec["id"]))
             else:
                 taken.append(src)
                 batch.add_json(self.layout.job_path(where, rec["id"]), rec)
             published[rec["id"]] = where
+            records.append(rec)
             count += 1
             if where == "waiting":
                 for p in rec["parent_ids"]:
                     self.children.setdefault(p, set()).add(rec["id"])
         batch.commit()
+        for rec in records:
+            self.index.add(rec, rec["state"])
+        if again:
+            self.index.refresh(self.layout, again, self.store)
         if "ready" in published.values():
             self.store.ring()
         for src in taken:
@@ -354,6 +419,7 @@ class Site:
             for job_id, evs in by_job.items():
                 if evs[-1]["to"] in FINAL:
                     merged += self._merge_final(job_id, evs, batch, settled)
+            self.index.note_events(events)
             self.offsets[launcher] = end
             changed = True
         self.half_seen = half_seen
@@ -418,6 +484,7 @@ class Site:
                 why = f"parent {p} failed" if where else f"parent {p} no longer exists"
                 new = transition(rec, S.FAILED, "site", why, error=why)
                 if self.store.move_rewrite(path, self.layout.job_path("failed", child), new, self.limbo):
+                    self.index.moved(child, S.FAILED, new.get("attempt", 1))
                     self._fail_children(child)
                 return
             if where != "done":
@@ -428,7 +495,8 @@ class Site:
             return
         new = transition(rec, S.READY, "site", "all parents finished")
         self._make_workdir(new)
-        self.store.move_rewrite(path, self.layout.job_path("ready", child), new, self.limbo)
+        if self.store.move_rewrite(path, self.layout.job_path("ready", child), new, self.limbo):
+            self.index.moved(child, S.READY, new.get("attempt", 1))
 
     def _make_workdir(self, rec: dict) -> None:
         """Create a job's ``data/<workdir>/`` as it becomes ready (as Balsam's site does):
@@ -464,7 +532,8 @@ class Site:
     def revoke_launcher(self, launcher: str, why: str) -> int:
         """Take back every job of a dead (or exited) launcher, then retire its directory."""
         ldir = self.layout.launcher_dir(launcher)
-        self.store.finish_limbo(ldir / "limbo", ldir / "events.jsonl")
+        self.index.refresh(self.layout, self.store.finish_limbo(ldir / "limbo",
+                                                               ldir / "events.jsonl"), self.store)
         rdir = self.layout.running / launcher
         names = fsio.list_names(rdir)
         if names:
@@ -528,6 +597,7 @@ class Site:
                 new = apply_event(new, ev)
             where = "done" if evs[-1]["to"] == S.JOB_FINISHED else "failed"
             if self.store.move_rewrite(src, self.layout.job_path(where, job_id), new, self.limbo):
+                self.index.moved(job_id, new["state"], new.get("attempt", 1))
                 (self._release_children if where == "done" else self._fail_children)(job_id)
             return 1
         msg = f"launcher {launcher} {why} while the job was claimed"
@@ -537,6 +607,7 @@ class Site:
         new = self.emit(new, state, msg=why_, **fields)
         self.events.flush()          # a crash mid-move is finished from these events
         if self.store.move_rewrite(src, self.layout.job_path(where, job_id), new, self.limbo):
+            self.index.moved(job_id, new["state"], new.get("attempt", 1))
             self.store.drop_token(job_id)
             log.info("revoked job %s from launcher %s -> %s", job_id, launcher, state)
             if where == "failed":
@@ -573,3 +644,5 @@ class Site:
             wake.wait(timeout=max(0.0, period - (time.monotonic() - started)))
             wake.clear()
         self.events.close()
+        if self._index is not None:
+            self._index.close()

@@ -7,6 +7,7 @@ the current tick.  Run in the foreground with ``python -m spoolbalsam.site.servi
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import signal
@@ -14,6 +15,7 @@ import sys
 import threading
 import time
 from pathlib import Path
+from typing import Iterator
 
 from .. import settings as settings_mod
 from ..spool import fsio
@@ -43,21 +45,36 @@ def running_site(layout: Layout) -> dict | None:
     return info
 
 
-def serve(layout: Layout, stop: threading.Event | None = None) -> None:
+@contextlib.contextmanager
+def site_lock(layout: Layout) -> Iterator[bool]:
+    """Hold the site's node-local lock (``site/site.lock``) for the block; yields False,
+    holding nothing, if another process of this host has it (a running site)."""
     import portalocker
+    layout.site_dir.mkdir(exist_ok=True)
+    with open(layout.site_dir / "site.lock", "a") as lock:
+        try:
+            portalocker.lock(lock, portalocker.LOCK_EX | portalocker.LOCK_NB)
+        except portalocker.LockException:
+            yield False
+            return
+        yield True
 
+
+def serve(layout: Layout, stop: threading.Event | None = None) -> None:
+    with site_lock(layout) as got:
+        if not got:
+            info = running_site(layout) or {}
+            raise AlreadyRunning(f"site {layout.root} is already running (pid "
+                                 f"{info.get('pid', '?')} on {info.get('host', fsio.HOST)}); "
+                                 "stop it with `spool site stop`")
+        _serve_locked(layout, stop)
+
+
+def _serve_locked(layout: Layout, stop: threading.Event | None) -> None:
     from .loop import Site
     from .watch import InotifyWatcher, choose_mode
 
     settings = settings_mod.load(layout.settings)
-    layout.site_dir.mkdir(exist_ok=True)
-    lock = open(layout.site_dir / "site.lock", "a")
-    try:
-        portalocker.lock(lock, portalocker.LOCK_EX | portalocker.LOCK_NB)
-    except portalocker.LockException:
-        info = running_site(layout) or {}
-        raise AlreadyRunning(f"site {layout.root} is already running (pid {info.get('pid', '?')} "
-                             f"on {info.get('host', fsio.HOST)}); stop it with `spool site stop`")
     from ..spool.lease import proc_start
     fsio.write_json_atomic(pid_file(layout), {"host": fsio.HOST, "pid": os.getpid(),
                                               "pid_start": proc_start(os.getpid()),
@@ -86,7 +103,6 @@ def serve(layout: Layout, stop: threading.Event | None = None) -> None:
         if observer is not None:
             observer.stop()
         fsio.unlink_quiet(pid_file(layout))
-        lock.close()
         log.info("site stopped")
 
 

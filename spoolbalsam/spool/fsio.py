@@ -407,6 +407,11 @@ def read_lines_at(path: Path, offset: int) -> tuple[list[tuple[dict, int]], int]
             data = f.read()
     except FileNotFoundError:
         return [], offset
+    return parse_lines(data, offset)
+
+
+def parse_lines(data: bytes, offset: int = 0) -> tuple[list[tuple[dict, int]], int]:
+    """``read_lines_at`` of bytes already read (``data`` starts at byte ``offset``)."""
     out: list[tuple[dict, int]] = []
     pos = 0
     while (nl := data.find(b"\n", pos)) >= 0:

@@ -1,20 +1,27 @@
 """Reading jobs: records from their directories, with unmerged events applied on top.
 
-``select`` is the one read path of the CLI and the Python API.  It lists only the
-directories the filter needs (``--state done`` never touches ``ready/``), reads names before
-contents, and overlays the launchers' events the site has not merged yet (``events.overlay``)
-so a reader is right even while the site is stopped.  Each yielded record carries two extra
-keys: ``_dir`` (its directory) and ``_path``.  ``counts`` counts names only — no file is
-opened — so ``spool job ls --by-state`` stays fast at a million jobs.
+``select`` is the one read path of the CLI and the Python API, ``count`` and ``counts`` the
+one way to count, ``page`` the one way to read a page.  When the site's query index
+(``spool.index``) is there, they take the candidate jobs from it (by state, tags and app)
+and read only those records; without it they list the directories the filter needs
+(``--state done`` never touches ``ready/``) and read every record there.  Either way every
+record returned is read from disk with the launchers' events the site has not merged yet
+applied (``events.overlay``), and checked against the whole filter, so a reader is right
+even while the site is stopped and a stale index row can only cost a match, never show a
+wrong record.  Each yielded record carries two extra keys: ``_dir`` (its directory) and
+``_path``.  Counts from the index open no record at all.
 """
 from __future__ import annotations
 
+import heapq
+import itertools
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
 
 from . import states as S
 from . import fsio
+from . import index as ix
 from .events import overlay, unmerged_events
 from .layout import Layout
 from .store import Store, read_job
@@ -49,6 +56,28 @@ class Filter:
         order = JOB_DIRS + ("rejected",)
         return cls(dirs=tuple(d for d in order if d in dirs), states=fine, **kw)
 
+    def indexed(self) -> bool:
+        """True if the index alone can answer which jobs match (no record content needed)."""
+        return self.ids is None and not self.workdir_contains and not self.parent_id
+
+    def names_only(self) -> bool:
+        """True if the file names alone answer a count (whole directories, nothing else)."""
+        if not self.indexed() or self.tags or self.app or self.exclude_states:
+            return False
+        whole = all({s for s, dd in S.STATE_DIR.items() if dd == d} <= self.states
+                    for d in {S.STATE_DIR[s] for s in self.states})
+        return not self.states or whole
+
+    def index_states(self) -> set[str]:
+        """The fine states this filter admits among the index's directories."""
+        out = set()
+        for d in self.dirs:
+            if d in ix.INDEXED_DIRS:
+                out.update(s for s, dd in S.STATE_DIR.items() if dd == d)
+        if self.states:
+            out &= self.states
+        return out - self.exclude_states
+
     def matches(self, rec: dict) -> bool:
         if self.states and rec.get("state") not in self.states:
             return False
@@ -77,8 +106,109 @@ def read_record(path, directory: str, pending: dict | None = None) -> dict | Non
     return rec
 
 
-def select(layout: Layout, flt: Filter | None = None) -> Iterator[dict]:
+def _table(layout: Layout, use_index: bool = True):
+    """The index as readers see it, or None (absent, unreadable, or not wanted)."""
+    if not use_index:
+        return None
+    try:
+        return ix.load(layout)
+    except ix.IndexUnreadable:
+        return None
+
+
+def select(layout: Layout, flt: Filter | None = None, use_index: bool = True) -> Iterator[dict]:
     flt = flt or Filter()
+    table = _table(layout, use_index and flt.ids is None)
+    if table is not None:
+        yield from _select_indexed(layout, flt, table, table.rows_matching(
+            flt.index_states(), flt.tags or None, flt.app))
+        return
+    yield from _select_scan(layout, flt)
+
+
+def _select_indexed(layout: Layout, flt: Filter, table, rows,
+                    rest: bool = True) -> Iterator[dict]:
+    """The records of index rows ``rows`` (in their order) that match ``flt``; then, with
+    ``rest``, those of ``created/`` and ``rejected/`` if the filter wants them (the index
+    holds neither)."""
+    store = Store(layout)
+    pending = unmerged_events(layout)
+    ids, st = table.ids, table.state
+    job_file = layout.job_file
+    for r in rows:
+        job_id, d = ids[r], ix.DIR_OF[st[r]]
+        rec = None
+        if d != "running":
+            rec = read_record(job_file(d, job_id), d, pending)
+        if rec is None:                      # running (no launcher in the index), or moved
+            loc = store.locate(job_id)
+            rec = read_record(loc[1], loc[0], pending) if loc and loc[0] != "created" else None
+        if rec is not None and rec["_dir"] in flt.dirs and flt.matches(rec):
+            yield rec
+    others = tuple(d for d in flt.dirs if d not in ix.INDEXED_DIRS)
+    if rest and others:
+        yield from _select_scan(layout, Filter(**{**flt.__dict__, "dirs": others}))
+
+
+def count(layout: Layout, flt: Filter | None = None, use_index: bool = True) -> dict[str, int]:
+    """Matching jobs per fine state (``REJECTED`` for rejected files).  From the index
+    alone when it is there and the filter needs no record content."""
+    flt = flt or Filter()
+    table = _table(layout, use_index and flt.indexed())
+    out: dict[str, int] = {}
+    if table is None and flt.names_only():
+        per_dir = counts(layout, use_index=False)
+        return {S.DIR_STATE[d]: per_dir[d] for d in flt.dirs if per_dir.get(d)}
+    if table is None:
+        for rec in select(layout, flt, use_index=use_index):
+            out[rec["state"]] = out.get(rec["state"], 0) + 1
+        return out
+    out.update(table.count_matching(flt.index_states(), flt.tags or None, flt.app))
+    rest = tuple(d for d in flt.dirs if d not in ix.INDEXED_DIRS)
+    if rest:
+        for rec in _select_scan(layout, Filter(**{**flt.__dict__, "dirs": rest})):
+            out[rec["state"]] = out.get(rec["state"], 0) + 1
+    return out
+
+
+def ordered(layout: Layout, flt: Filter | None = None, key: str = "created") -> Iterator[dict]:
+    """The matching jobs' records in order of ``key``: ``"created"`` (creation time, then
+    id: the order of ``spool job ls``) or ``"id"``.  With the index, records are read one
+    by one as the caller consumes them, so the first page costs a page of reads (a
+    candidate that no longer matches is skipped and the next one taken)."""
+    flt = flt or Filter()
+    keyfn = _sort_key(key)
+    table = _table(layout, flt.ids is None)
+    if table is None:
+        yield from sorted(select(layout, flt, use_index=False), key=keyfn)
+        return
+    rows = table.rows_matching(flt.index_states(), flt.tags or None, flt.app)
+    ids, created = table.ids, table.created
+    if key == "id":
+        rows.sort(key=ids.__getitem__)
+    else:
+        rows.sort(key=lambda r: (created[r], ids[r]))
+    indexed = _select_indexed(layout, flt, table, rows, rest=False)
+    others = tuple(d for d in flt.dirs if d not in ix.INDEXED_DIRS)
+    extra = sorted(_select_scan(layout, Filter(**{**flt.__dict__, "dirs": others})),
+                   key=keyfn) if others else []
+    yield from heapq.merge(indexed, extra, key=keyfn)
+
+
+def page(layout: Layout, flt: Filter | None, offset: int = 0, limit: int | None = None,
+         key: str = "created") -> list[dict]:
+    """Records ``offset`` to ``offset + limit`` of ``ordered(layout, flt, key)``."""
+    stop = None if limit is None else offset + limit
+    return list(itertools.islice(ordered(layout, flt, key), offset, stop))
+
+
+def _sort_key(key: str):
+    if key == "id":
+        return lambda r: r["id"]
+    return lambda r: (r.get("created_at") or 0.0, r["id"])
+
+
+def _select_scan(layout: Layout, flt: Filter) -> Iterator[dict]:
     store = Store(layout)
     pending = unmerged_events(layout)
     if flt.ids is not None:
@@ -162,12 +292,20 @@ def rejected(layout: Layout) -> Iterator[dict]:
                "error": reason, "_dir": "rejected", "_path": str(path)}
 
 
-def counts(layout: Layout) -> dict[str, int]:
-    """Jobs per directory, from names alone.
+def counts(layout: Layout, use_index: bool = True) -> dict[str, int]:
+    """Jobs per directory: from the index where it is there (``created/`` and
+    ``rejected/`` by their names), else from the names in every directory.
 
     # race: a record the site is merging sits in site/limbo for a moment; each bucket
     # listing is bracketed by two looks at it, as in ``select``, so it is counted once.
     """
+    table = _table(layout, use_index)
+    if table is not None:
+        by_dir = table.dir_counts()
+        out = {"created": _count_created(layout)}
+        out.update((d, by_dir.get(d, 0)) for d in JOB_DIRS if d != "created")
+        out["rejected"] = _count_rejected(layout)
+        return out
     store = Store(layout)
     site_limbo = layout.site_dir / "limbo"
     limbo = store.limbo_index()
@@ -183,6 +321,13 @@ def counts(layout: Layout) -> dict[str, int]:
         if to in seen:
             seen[to].add(job_id)
     out = {d: len(ids) for d, ids in seen.items()}
-    out["rejected"] = sum(1 for n in fsio.list_names(layout.rejected, suffix="")
-                          if not n.endswith(".reason"))
+    out["rejected"] = _count_rejected(layout)
     return out
+
+
+def _count_created(layout: Layout) -> int:
+    return len(fsio.list_names(layout.created))
+
+
+def _count_rejected(layout: Layout) -> int:
+    return sum(1 for n in fsio.list_names(layout.rejected, suffix="") if not n.endswith(".reason"))
