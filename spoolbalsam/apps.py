@@ -77,6 +77,19 @@ class App:
                     f"(it takes: {known})")
         return None
 
+    def check_render(self, params: dict) -> None:
+        """Raise what ``render(params)`` would raise (for a template of plain text and
+        ``{{ name }}`` only, without rendering it: only a missing value can fail)."""
+        if self._template is None:
+            self.render(params)
+            return
+        if isinstance(self._template, list):
+            for n in self._template:
+                if n not in params and "default" not in self.parameters.get(n, {}):
+                    raise ValueError(f"{n!r} is undefined")
+            return
+        self.render(params)
+
     def render(self, params: dict) -> str:
         """The command line for ``params`` (defaults filled in, every value shell-quoted)."""
         values = {k: v["default"] for k, v in self.parameters.items() if "default" in v}
@@ -256,6 +269,16 @@ class AppRegistry:
 
     def names(self) -> list[str]:
         return sorted(p.stem for p in self.dir.glob("*.yml") if not p.name.startswith("."))
+
+    def pinned(self) -> "AppRegistry":
+        """A view that looks each app up once (for checking a batch of jobs: one ``stat``
+        per app, not per job)."""
+        view = AppRegistry(self.dir)
+        view._apps, view.errors = self._apps, self.errors
+        view._seen = {}
+        view.get = lambda name: view._seen[name] if name in view._seen else \
+            view._seen.setdefault(name, AppRegistry.get(view, name))
+        return view
 
     def all(self) -> list[App]:
         return [a for a in (self.get(n) for n in self.names()) if a is not None]

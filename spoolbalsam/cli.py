@@ -278,8 +278,8 @@ def job():
 
 
 @job.command("create")
-@click.option("-a", "--app", "app_name", required=True, help="App name.")
-@click.option("-w", "--workdir", required=True, help="Working directory under data/.")
+@click.option("-a", "--app", "app_name", help="App name.")
+@click.option("-w", "--workdir", help="Working directory under data/.")
 @click.option("-p", "--param", multiple=True, help="Parameter KEY=VALUE (repeat).")
 @click.option("--tag", "-tag", multiple=True, help="Tag KEY=VALUE (repeat).")
 @click.option("-n", "--num-nodes", type=int, default=1, show_default=True)
@@ -292,14 +292,38 @@ def job():
 @click.option("-t", "--wall-time-min", type=float, default=0, show_default=True)
 @click.option("-pid", "--parent-id", multiple=True, help="Parent job id (repeat).")
 @click.option("--id", "job_id", help="Choose the job id (default: a fresh time-sorted id).")
-@click.option("-q", "--quiet", is_flag=True, help="Print only the new id.")
+@click.option("-f", "--file", "jobs_file", type=click.File("rb"),
+              help="Many jobs: a file of one JSON job per line (- for stdin), with the fields "
+                   "of a dropped file; all are checked before any is submitted.")
+@click.option("-q", "--quiet", is_flag=True, help="Print only the new id(s).")
 @click.pass_context
 def job_create(ctx, app_name, workdir, param, tag, num_nodes, ranks_per_node, threads_per_rank,
                threads_per_core, gpus_per_rank, node_packing_count, launch_param, wall_time_min,
-               parent_id, job_id, quiet):
-    """Create one job (validated now, taken in by the site)."""
+               parent_id, job_id, jobs_file, quiet):
+    """Create one job, or many with --file (checked now, taken in by the site)."""
     from .submit import SubmitError, submit_jobs
     layout = _site(ctx)
+    if jobs_file is not None:
+        given = [o for o, v in (("-a", app_name), ("-w", workdir), ("-p", param), ("--tag", tag),
+                                ("-pid", parent_id), ("--id", job_id), ("-lp", launch_param)) if v]
+        if given:
+            raise UserError(f"--file gives every job's fields itself; drop {' '.join(given)}")
+        name = getattr(jobs_file, "name", "<stdin>")
+        name = "stdin" if name == "<stdin>" else name
+        raws, names = _read_jobs_file(jobs_file, name)
+        try:
+            recs = submit_jobs(layout, raws, source=name, names=names)
+        except SubmitError as e:
+            raise UserError(str(e)) from None
+        if quiet:
+            click.echo("\n".join(r["id"] for r in recs))
+        else:
+            click.echo(f"Added {len(recs)} job(s) from {name}"
+                       + (f" ({recs[0]['id']} ... {recs[-1]['id']})" if len(recs) > 1 else ""))
+        return
+    missing = [o for o, v in (("-a/--app", app_name), ("-w/--workdir", workdir)) if not v]
+    if missing:
+        raise UserError(f"give {' and '.join(missing)} (or --file for many jobs)")
     raw = {"app": app_name, "workdir": workdir, "parameters": _kv(param, "parameter"),
            "tags": _kv(tag, "tag"), "num_nodes": num_nodes, "ranks_per_node": ranks_per_node,
            "threads_per_rank": threads_per_rank, "threads_per_core": threads_per_core,
@@ -313,6 +337,24 @@ def job_create(ctx, app_name, workdir, param, tag, num_nodes, ranks_per_node, th
     except SubmitError as e:
         raise UserError(str(e)) from None
     click.echo(rec["id"] if quiet else f"Added job {rec['id']} ({app_name} in data/{rec['workdir']})")
+
+
+def _read_jobs_file(f, name: str) -> tuple[list, list[str]]:
+    """The jobs of a JSON-lines file and a name for each (``FILE line N``)."""
+    import orjson
+    raws, names = [], []
+    for n, line in enumerate(f, 1):
+        if not line.strip():
+            continue
+        try:
+            raws.append(orjson.loads(line))
+        except orjson.JSONDecodeError as e:
+            raise UserError(f"{name} line {n}: not valid JSON: {e}; give one JSON job per "
+                            "line") from None
+        names.append(f"{name} line {n}")
+    if not raws:
+        raise UserError(f"{name}: no jobs in it; give one JSON job per line")
+    return raws, names
 
 
 def _job_filter(state, exclude_state, tag, app_name, workdir, ids, parent=None):

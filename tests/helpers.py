@@ -58,10 +58,11 @@ def wait_for(cond: Callable[[], object], timeout: float = 20.0, what: str = "con
 
 
 # ---- the CLI ---------------------------------------------------------------------------
-def spool(site: Path | None, *args: str, expect: int | None = 0):
-    """Run ``spool [--site SITE] ARGS`` in-process; assert the exit code unless expect=None."""
+def spool(site: Path | None, *args: str, expect: int | None = 0, input_bytes: bytes | None = None):
+    """Run ``spool [--site SITE] ARGS`` in-process (``input_bytes`` on its stdin); assert the
+    exit code unless expect=None."""
     argv = (["--site", str(site)] if site is not None else []) + [str(a) for a in args]
-    res = CliRunner().invoke(cli, argv, catch_exceptions=False)
+    res = CliRunner().invoke(cli, argv, catch_exceptions=False, input=input_bytes)
     if expect is not None:
         assert res.exit_code == expect, (f"spool {' '.join(argv)} -> {res.exit_code}\n"
                                          f"stdout: {res.stdout}\nstderr: {res.stderr}")

@@ -9,27 +9,41 @@ the field.
 """
 from __future__ import annotations
 
+import functools
+
 from ..spool import states as S
 from ..spool import fsio
 from ..spool.record import InvalidJob, transition
+from ..spool.store import BULK
+
+
+RESOURCE_FIELDS = ("num_nodes", "ranks_per_node", "threads_per_rank", "threads_per_core",
+                   "gpus_per_rank", "node_packing_count")
 
 
 def resource_problem(rec: dict, machine) -> tuple[str, str] | None:
     """(field, reason) if the job can never fit one node of ``machine``."""
     if machine is None:
         return None
+    return _resource_problem(tuple(rec.get(f) for f in RESOURCE_FIELDS), machine.name,
+                             machine.cpus_per_node, len(machine.gpu_ids))
+
+
+@functools.lru_cache(maxsize=4096)
+def _resource_problem(values: tuple, name: str, cpus: int, gpus: int) -> tuple[str, str] | None:
+    """``resource_problem`` of one shape of job on one shape of node (the jobs of a
+    campaign come in a few shapes)."""
     from ..launch.resources import Request
     try:
-        req = Request.from_job(rec)
+        req = Request.from_job(dict(zip(RESOURCE_FIELDS, values)))
     except ValueError as e:
         return "node_packing_count", str(e)
-    cpus, gpus = machine.cpus_per_node, len(machine.gpu_ids)
     if req.cpus_per_node > cpus:
         return ("ranks_per_node", f"asks {req.cpus_per_node} cores per node (ranks x threads / "
-                f"threads_per_core); nodes of machine {machine.name} have {cpus}")
+                f"threads_per_core); nodes of machine {name} have {cpus}")
     if req.gpus_per_node > gpus:
         return ("gpus_per_rank", f"asks {req.gpus_per_node} GPUs per node (ranks x gpus_per_rank); "
-                f"nodes of machine {machine.name} have {gpus}")
+                f"nodes of machine {name} have {gpus}")
     return None
 
 
@@ -46,7 +60,9 @@ def check_job(rec: dict, source: str, apps, store, machine, published: dict | No
     if job_id in published:
         raise InvalidJob(source, "id", f"{job_id!r} was submitted twice in the same batch")
     found = None if minted else store.locate(job_id, limbo)
-    if found and found[0] == "created" and not intake:
+    # At intake a job found in created/ is another drop of the same id, not yet taken in:
+    # the first taken in wins.  A job of a bulk drop is taken in already (or is being).
+    if found and found[0] == "created" and (not intake or found[1].name.endswith(BULK)):
         raise InvalidJob(source, "id", f"job {job_id} was already submitted and waits for the "
                          "site to take it in (jobs/created/); choose another id")
     if found and found[0] != "created":
@@ -71,7 +87,7 @@ def check_job(rec: dict, source: str, apps, store, machine, published: dict | No
         raise InvalidJob(source, "parameters", problem)
     if app.command_template:
         try:
-            app.render(rec["parameters"])
+            app.check_render(rec["parameters"])
         except Exception as e:  # jinja2 errors: the app's template with these values
             raise InvalidJob(source, "parameters", f"app {app.name} cannot render: {e}") from None
     bad = resource_problem(rec, machine)
@@ -97,3 +113,27 @@ def check_job(rec: dict, source: str, apps, store, machine, published: dict | No
     if waiting:
         return transition(rec, S.AWAITING_PARENTS, "site"), "waiting"
     return transition(rec, S.READY, "site"), "ready"
+
+
+def parents_first(items: list, rec=lambda item: item) -> tuple[list, list]:
+    """``items`` (records, or tuples holding one: ``rec`` picks it) ordered so that a
+    parent among them comes before its children (Kahn's algorithm, in linear time; parents
+    outside ``items`` are the site's business): ``(ordered, stuck)``, where ``stuck`` are
+    the items in or behind a cycle of parents, in their given order."""
+    ids = {rec(it)["id"] for it in items}
+    waiting_on = [sum(1 for p in rec(it)["parent_ids"] if p in ids) for it in items]
+    children: dict[str, list[int]] = {}
+    for i, it in enumerate(items):
+        for p in rec(it)["parent_ids"]:
+            if p in ids:
+                children.setdefault(p, []).append(i)
+    order = [i for i, n in enumerate(waiting_on) if n == 0]
+    k = 0
+    while k < len(order):
+        for c in children.get(rec(items[order[k]])["id"], ()):
+            waiting_on[c] -= 1
+            if waiting_on[c] == 0:
+                order.append(c)
+        k += 1
+    stuck = [it for i, it in enumerate(items) if waiting_on[i] > 0]
+    return [items[i] for i in order], stuck

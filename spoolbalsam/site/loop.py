@@ -47,10 +47,11 @@ from ..spool.index import COMPACT_MIN, Keeper
 from ..spool.ids import new_id, valid_id
 from ..spool.layout import Layout
 from ..spool.lease import DEAD, EXITED, LeaseJudge, read_lease
-from .intake import check_job
+from .bulk import BulkIntake
+from .intake import check_job, parents_first
 from ..spool.policy import after_failure, policy_for
 from ..spool.record import InvalidJob, normalize, transition, user_view
-from ..spool.store import Store, read_job
+from ..spool.store import BULK, Store, read_job
 
 log = logging.getLogger("spoolbalsam.site")
 INTAKE_BATCH = 500       # drops published per commit: launchers start on the first batch
@@ -59,23 +60,6 @@ INTAKE_BUDGET = 1.0      # seconds of intake per tick before merges and liveness
 SETTLE_PERIOD = 30.0     # seconds between backstop checks of every waiting job's parents
 INDEX_CHECK_PERIOD = 600.0   # seconds for the background check to cover every bucket once
 FINAL = (S.JOB_FINISHED, S.FAILED)
-
-
-def _parents_first(parsed: list) -> list:
-    """The drops of one batch ordered so that a parent dropped with its child comes first
-    (a cycle is left in file order; check_job then rejects the child naming its parent)."""
-    ids = {e[2]["id"] for e in parsed}
-    done: set[str] = set()
-    out, rest = [], list(parsed)
-    while rest:
-        ready = [e for e in rest if all(p in done or p not in ids for p in e[2]["parent_ids"])]
-        if not ready:
-            return out + rest
-        for e in ready:
-            done.add(e[2]["id"])
-        out += ready
-        rest = [e for e in rest if e[2]["id"] not in done]
-    return out
 
 
 def job_processes(site_root: Path, job_ids: set[str]) -> list[int]:
@@ -122,6 +106,7 @@ class Site:
         self.on_launchers = None                 # called with the live launcher dirs
         self.next_settle = 0.0
         self._index: Keeper | None = None        # opened by recover() or at first use
+        self.bulk = BulkIntake(self)
         self.next_check = 0.0
         index_settings = settings.get("index") or {}
         self.check_every = index_settings.get("check_period_sec", INDEX_CHECK_PERIOD) / 256
@@ -230,6 +215,11 @@ class Site:
             if n < limit or time.monotonic() - t0 > INTAKE_BUDGET:
                 break
             limit = min(2 * limit, INTAKE_BATCH)
+        while time.monotonic() - t0 <= INTAKE_BUDGET:
+            n = self.bulk.step(INTAKE_BATCH)
+            if n < 0:
+                break
+            taken += n
         counts = {"intake": taken, "merged": self.merge()}
         counts["revoked"] = self.check_launchers(now)
         if now >= self.next_settle:
@@ -280,11 +270,14 @@ class Site:
         again: list[str] = []                    # published before a crash: look them up
         taken: list[Path] = []                   # drops to delete once the batch is in
         count = 0
-        limbo = self.store.limbo_index()
-        for src, name, rec, canonical in _parents_first(parsed):
+        limbo = self.store.held_index()
+        apps = self.apps.pinned()
+        ordered, stuck = parents_first(parsed, lambda e: e[2])
+        # a cycle within the batch: check_job rejects its jobs, naming the missing parent
+        for src, name, rec, canonical in ordered + stuck:
             job_id = rec["id"]
             try:
-                rec, where = check_job(rec, f"jobs/created/{name}", self.apps, self.store,
+                rec, where = check_job(rec, f"jobs/created/{name}", apps, self.store,
                                        self.machine, published, limbo, intake=True)
             except InvalidJob as e:
                 self._reject(src, name, str(e))
@@ -341,7 +334,8 @@ class Site:
         # (``MS.SEQ~NAME``), and files left there by a crash are taken in first.
         """
         hold = self.layout.site_dir / "intake"
-        held = [hold / n for n in sorted(fsio.list_names(hold, suffix=""))][:limit]
+        held = [hold / n for n in sorted(fsio.list_names(hold, suffix=""))
+                if not n.endswith(BULK)][:limit]          # bulk drops: see ``site.bulk``
         names = sorted(fsio.list_names(self.layout.created))[: max(limit - len(held), 0)]
         stamp = int(time.time() * 1000)
         for i, name in enumerate(names):

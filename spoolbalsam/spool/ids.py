@@ -12,6 +12,7 @@ than ~1/256 of the jobs.
 """
 from __future__ import annotations
 
+import base64
 import os
 import re
 import time
@@ -30,13 +31,20 @@ def _b32(value: int, width: int) -> str:
     return "".join(reversed(out))
 
 
+_RFC_TO_CROCKFORD = bytes.maketrans(b"ABCDEFGHIJKLMNOPQRSTUVWXYZ234567", _B32.encode())
+
+
 def new_id(now_ms: int | None = None, seed: bytes | None = None) -> str:
     """A fresh id; with ``seed`` the 80 low bits come from it, so the same (time, seed) always
     gives the same id (the site names a dropped file that has no usable id this way, so a
     re-intake after a crash finds the job it already published)."""
     ms = int(time.time() * 1000) if now_ms is None else now_ms
-    rand = int.from_bytes((seed or os.urandom(10))[:10].ljust(10, b"\0"), "big")
-    return _b32(ms, 10) + _b32(rand, 16)
+    rand = (seed or os.urandom(10))[:10].ljust(10, b"\0")
+    # The 130 bits (50 of time, 80 random) as 26 base32 digits, most significant first:
+    # RFC 4648 base32 of the value in 20 bytes (160 bits: 6 leading zero digits), with the
+    # alphabet translated (the same digits as _b32(ms, 10) + _b32(rand, 16)).
+    raw = (ms & ((1 << 50) - 1)).to_bytes(10, "big") + rand
+    return base64.b32encode(raw).translate(_RFC_TO_CROCKFORD)[6:].decode()
 
 
 def valid_id(job_id: object) -> bool:

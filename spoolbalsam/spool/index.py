@@ -284,7 +284,7 @@ class Table:
         limbo = None
         for job_id in job_ids:
             if limbo is None:
-                limbo = store.limbo_index()
+                limbo = store.held_index()
             loc = store.locate(job_id, limbo)
             if loc is None or loc[0] == "created":
                 if job_id in self.row and loc is None:

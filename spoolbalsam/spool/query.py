@@ -24,7 +24,7 @@ from . import fsio
 from . import index as ix
 from .events import overlay, unmerged_events
 from .layout import Layout
-from .store import Store, read_job
+from .store import BULK, Store, bulk_ids, bulk_record, read_job
 
 JOB_DIRS = ("created", "waiting", "ready", "running", "done", "failed")
 
@@ -93,10 +93,22 @@ class Filter:
         return all(tags.get(k) == v for k, v in self.tags.items())
 
 
-def read_record(path, directory: str, pending: dict | None = None) -> dict | None:
-    try:
-        rec = read_job(path, directory)
-    except (FileNotFoundError, ValueError):
+def read_record(path, directory: str, pending: dict | None = None,
+                job_id: str | None = None) -> dict | None:
+    """The record at ``path`` in ``directory`` as readers see it (None if it is gone); a
+    path that is a bulk drop gives the line of ``job_id``."""
+    if str(path).endswith(BULK):
+        rec = bulk_record(Path(path), job_id) if job_id else None
+        if rec is None:
+            return None
+        rec = dict(rec)
+        directory = "created"
+    else:
+        try:
+            rec = read_job(path, directory)
+        except (FileNotFoundError, ValueError):
+            return None
+    if not isinstance(rec, dict):
         return None
     if pending:
         rec = overlay(rec, pending)
@@ -212,11 +224,11 @@ def _select_scan(layout: Layout, flt: Filter) -> Iterator[dict]:
     store = Store(layout)
     pending = unmerged_events(layout)
     if flt.ids is not None:
-        limbo = store.limbo_index()
+        limbo = store.held_index()
         for job_id in sorted(flt.ids):
             loc = store.locate(job_id, limbo)
             if loc and loc[0] in flt.dirs:
-                rec = read_record(loc[1], loc[0], pending)
+                rec = read_record(loc[1], loc[0], pending, job_id)
                 if rec and flt.matches(rec):
                     yield rec
         return
@@ -251,6 +263,14 @@ def _select_scan(layout: Layout, flt: Filter) -> Iterator[dict]:
                         seen.add(job_id)
                         if flt.matches(rec):
                             yield rec
+        if d == "created":                   # jobs of bulk drops not taken in yet
+            for path in fsio.list_names(layout.created, suffix=BULK):
+                for job_id in bulk_ids(layout.created / path):
+                    rec = read_record(layout.created / path, d, pending, job_id)
+                    if rec is not None and job_id not in seen:
+                        seen.add(job_id)
+                        if flt.matches(rec):
+                            yield rec
     limbo.update(store.limbo_index())
     for job_id, (d, path) in sorted(limbo.items()):
         if d in flt.dirs and job_id not in seen:
@@ -271,10 +291,10 @@ def _held(limbo: Path, d: str) -> dict[str, Path]:
 
 def _read_somewhere(store: Store, job_id: str, held: Path, d: str, pending) -> dict | None:
     """The record of a job seen in a limbo: from the limbo, or wherever it went since."""
-    rec = read_record(held, d, pending)
+    rec = read_record(held, d, pending, job_id)
     if rec is None:
         loc = store.locate(job_id)
-        rec = read_record(loc[1], loc[0], pending) if loc else None
+        rec = read_record(loc[1], loc[0], pending, job_id) if loc else None
     return rec
 
 
@@ -316,6 +336,9 @@ def counts(layout: Layout, use_index: bool = True) -> dict[str, int]:
             ids.update(_held(site_limbo, d))
             ids.update(p.name[:-5] for p in store.names_in(d, bucket))
             ids.update(_held(site_limbo, d))
+    for path in store.bulk_files():
+        if path.parent == layout.created:
+            seen["created"].update(bulk_ids(path))
     limbo.update(store.limbo_index())
     for job_id, (to, _) in limbo.items():
         if to in seen:
@@ -326,7 +349,15 @@ def counts(layout: Layout, use_index: bool = True) -> dict[str, int]:
 
 
 def _count_created(layout: Layout) -> int:
-    return len(fsio.list_names(layout.created))
+    """Drops not taken in yet: single ones, and the lines of bulk drops."""
+    n = len(fsio.list_names(layout.created))
+    for name in fsio.list_names(layout.created, suffix=BULK):
+        try:
+            data = fsio.read_bytes(layout.created / name, retry=False)
+        except FileNotFoundError:
+            continue
+        n += sum(1 for line in data.splitlines() if line.strip())
+    return n
 
 
 def _count_rejected(layout: Layout) -> int:

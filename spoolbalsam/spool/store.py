@@ -19,6 +19,10 @@ Rules (see ``layout`` for the tree)
    limbo copy is published where its name says it was going.
 5. A record outside ``created/`` is read with ``read_job``: a file the site published as
    dropped (``record.published_as_dropped``) is completed from its mtime on every read.
+6. A *bulk drop* (``created/NAME.jsonl``, one job per line) holds many jobs that have no
+   file of their own until the site takes them in.  ``locate`` finds them there (and in
+   ``site/intake/`` while the site publishes them) through ``held_index``, as CREATED; a
+   job of a bulk drop the site has already published is found where it went first.
 
 Claim modes
 -----------
@@ -43,6 +47,58 @@ from .layout import Layout
 from .states import SHARDED_DIRS
 
 LIMBO_SEP = "@"   # limbo file name: ID@DESTDIR.json
+BULK = ".jsonl"   # a bulk drop: one job per line
+_BULK_IDS: dict[str, tuple[tuple, list[str]]] = {}   # path -> (stat key, ids), see bulk_ids
+
+
+def bulk_ids(path: Path) -> list[str]:
+    """The ids given in a bulk drop's lines (lines without a valid id are left out: nobody
+    can ask for them by id).  Cached by the file's identity: a drop is written whole and
+    never changed."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        _BULK_IDS.pop(str(path), None)
+        return []
+    key = (st.st_ino, st.st_size, st.st_mtime_ns)
+    cached = _BULK_IDS.get(str(path))
+    if cached and cached[0] == key:
+        return cached[1]
+    from .ids import valid_id
+    ids = []
+    try:
+        data = fsio.read_bytes(path, retry=False)
+    except FileNotFoundError:
+        return []
+    for line in data.splitlines():
+        try:
+            job_id = fsio.loads(line).get("id") if line.strip() else None
+        except (ValueError, AttributeError):
+            continue
+        if valid_id(job_id):
+            ids.append(job_id)
+    if len(_BULK_IDS) > 256:
+        _BULK_IDS.clear()
+    _BULK_IDS[str(path)] = (key, ids)
+    return ids
+
+
+def bulk_record(path: Path, job_id: str) -> dict | None:
+    """The line of bulk drop ``path`` that gives ``job_id``, as dropped (or None)."""
+    try:
+        data = fsio.read_bytes(path, retry=False)
+    except FileNotFoundError:
+        return None
+    needle = job_id.encode()
+    for line in data.splitlines():
+        if needle in line:
+            try:
+                raw = fsio.loads(line)
+            except ValueError:
+                continue
+            if isinstance(raw, dict) and raw.get("id") == job_id:
+                return raw
+    return None
 
 
 def read_job(path: Path, directory: str, retry: bool = True) -> dict:
@@ -93,8 +149,9 @@ class Store:
         """(directory, path) of the job's record, or None.  O(states + launchers).
 
         A job held in a limbo (mid-move, or left there by a crash) still exists, in the
-        directory it is moving to.  Bulk callers pass one ``limbo_index()`` for many lookups;
-        otherwise the limbos are listed only when the job is found nowhere else.
+        directory it is moving to; a job of a bulk drop is in ``created``.  Bulk callers pass
+        one ``held_index()`` for many lookups; otherwise the limbos and bulk drops are looked
+        at only when the job is found nowhere else.
 
         # race: the job may move while we look.  The directories are looked at in the
         # order jobs move forward through them (created, waiting, ready, running/L, done,
@@ -118,7 +175,7 @@ class Store:
             if exists(p):
                 return state, Path(p)
         if limbo is None:
-            limbo = self.limbo_index()
+            limbo = self.held_index()
         return limbo.get(job_id)
 
     def limbo_dirs(self) -> list[Path]:
@@ -141,6 +198,24 @@ class Store:
             for name in fsio.list_names(d):
                 job_id, _, key = name[: -len(".json")].partition(LIMBO_SEP)
                 out[job_id] = (key.split(".", 1)[0] or "ready", d / name)
+        return out
+
+    def bulk_files(self) -> list[Path]:
+        """Bulk drops not yet taken in (``created/``) and those the site is taking in
+        (``site/intake/``)."""
+        lay = self.layout
+        hold = lay.site_dir / "intake"
+        return ([lay.created / n for n in sorted(fsio.list_names(lay.created, suffix=BULK))]
+                + [hold / n for n in sorted(fsio.list_names(hold, suffix=BULK))])
+
+    def held_index(self) -> dict[str, tuple[str, Path]]:
+        """Every job without a visible record of its own: in a limbo (``limbo_index``), or
+        in a bulk drop (as ``("created", the drop)``).  What ``locate`` falls back on."""
+        out = {}
+        for path in self.bulk_files():
+            for job_id in bulk_ids(path):
+                out[job_id] = ("created", path)
+        out.update(self.limbo_index())
         return out
 
     def exists(self, job_id: str) -> bool:
