@@ -4,15 +4,13 @@ from __future__ import annotations
 
 import json
 
-import pytest
 
 from spoolbalsam import submit
 from spoolbalsam.site.intake import parents_first
 from spoolbalsam.spool import fsio, index
 from spoolbalsam.spool.query import Filter, count, select
 
-from helpers import (drop, ids_in, kill9, layout, pid_alive, rejected_entries, site_info,
-                     site_obj, spool, start_site, stop_site, wait_for)
+from helpers import (drop, ids_in, kill9, layout, pid_alive, rejected_entries, site_obj, spool, start_site, stop_site, wait_for)
 
 
 def lines(jobs: list[dict]) -> bytes:
