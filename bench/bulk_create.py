@@ -1,17 +1,19 @@
-"""Python API speed: ``Job.objects.bulk_create`` and a tag count over a million jobs.
+"""Creating many jobs: ``Job.objects.bulk_create`` and ``spool job create --file``.
 
-    python bench/bulk_create.py [--dir DIR] [--sizes 1000,10000,100000] [--million 1000000]
+    python bench/bulk_create.py [--dir DIR] [--sizes 1000,10000,100000] [--million 0]
+    python bench/compare.py --base REV bulk_create.py --million 0     # against older code
 
 1. ``bulk_create`` of 1k, 10k and 100k new jobs (each size in a fresh site; the jobs are
-   validated and written durably to ``jobs/created/`` under grouped syncs).  Printed: jobs/s
-   of ``bulk_create`` alone, and the API's own cost per job (everything but
-   ``submit.submit_jobs``, measured by timing the same call with it stubbed out).
-2. One million finished records written straight into ``jobs/done/`` shards with
-   ``fsio.Batch`` (10% tagged ``bench=hit``), then the time of
-   ``Job.objects.filter(tags={"bench": "hit"}).count()``, and where that time goes: listing
-   the names, reading the bytes, parsing the JSON (measured on 16 of the 256 buckets and
-   scaled).  The page cache is warm (the files were just written); on Lustre the reads
-   dominate even more.
+   validated and written durably -- fsynced -- to ``jobs/created/`` before the call
+   returns: one file per job up to ``submit.BULK_MIN`` jobs, bulk drops of up to 10,000
+   lines beyond).  Printed: jobs/s of ``bulk_create`` alone, and the API's own cost per job
+   (everything but ``submit.submit_jobs``, measured by timing the same call with it stubbed
+   out).
+2. ``spool job create --file jobs.jsonl`` of the same jobs as a command (interpreter start
+   included), where this checkout has it.
+3. With ``--million N`` (the old form of this benchmark; ``bench/million.py`` is the full
+   one now): N finished records written straight into ``jobs/done/`` and
+   ``Job.objects.filter(tags=...).count()`` over them.
 
 Prints numbers only.  Everything lives under ``--dir`` (default: a new temp dir), removed
 at the end unless ``--keep``.
@@ -40,7 +42,6 @@ from spoolbalsam.spool import fsio  # noqa: E402
 from spoolbalsam.spool.ids import SHARDS, shard  # noqa: E402
 from spoolbalsam.spool.layout import Layout  # noqa: E402
 from spoolbalsam.spool.record import normalize, transition  # noqa: E402
-from spoolbalsam.spool.store import Store  # noqa: E402
 
 
 def make_site(root: Path, name: str) -> Layout:
@@ -62,7 +63,7 @@ def bench_bulk(base: Path, n: int) -> tuple[float, float]:
     t = time.perf_counter()
     Job.objects.bulk_create(jobs)
     rate = n / (time.perf_counter() - t)
-    assert len(os.listdir(layout.created)) == n
+    assert sum(_jobs_in(layout.created / name) for name in os.listdir(layout.created)) == n
     real = job_mod.submit_jobs
     job_mod.submit_jobs = lambda lay, raws, source="": [
         {**normalize(r, source), "id": f"stub{i}"} for i, r in enumerate(raws)]
@@ -83,6 +84,33 @@ def bench_bulk(base: Path, n: int) -> tuple[float, float]:
     finally:
         job_mod.submit_jobs = real
     return rate, max(0.0, with_api - stub_only) / n * 1e6
+
+
+def _jobs_in(path: Path) -> int:
+    """Jobs in a drop: one, or a bulk drop's lines."""
+    if path.name.endswith(".jsonl"):
+        return sum(1 for line in path.read_bytes().splitlines() if line.strip())
+    return 1 if path.name.endswith(".json") else 0
+
+
+def bench_cli_file(base: Path, n: int) -> float | None:
+    """jobs/s of ``spool job create --file`` (None where the command has no --file)."""
+    helptext = subprocess.run([sys.executable, "-m", "spoolbalsam.cli", "job", "create", "--help"],
+                              capture_output=True, text=True).stdout
+    if "--file" not in helptext:
+        return None
+    layout = make_site(base / f"cli{n}", f"cli{n}")
+    src = base / f"jobs{n}.jsonl"
+    src.write_bytes(b"".join(orjson.dumps({"app": "Echo", "workdir": f"cli/{i}",
+                                           "parameters": {"x": i},
+                                           "tags": {"bench": "hit" if i % 10 == 0 else "miss"}})
+                             + b"\n" for i in range(n)))
+    t = time.perf_counter()
+    subprocess.run([sys.executable, "-m", "spoolbalsam.cli", "--site", str(layout.root), "job",
+                    "create", "--file", str(src), "-q"], check=True, stdout=subprocess.DEVNULL)
+    rate = n / (time.perf_counter() - t)
+    assert sum(_jobs_in(layout.created / name) for name in os.listdir(layout.created)) == n
+    return rate
 
 
 def _write_part(root: str, n: int, part: int, parts: int) -> None:
@@ -153,7 +181,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--dir", help="where to build the sites (default: a new temp dir)")
     ap.add_argument("--sizes", default="1000,10000,100000")
-    ap.add_argument("--million", type=int, default=1_000_000)
+    ap.add_argument("--million", type=int, default=0)
     ap.add_argument("--million-dir", help="where to build the million-job site (default: "
                     "/dev/shm if it has room, else --dir: on this project's ext4 with "
                     "`discard` each create or unlink costs ~0.1 ms, 4 minutes per million)")
@@ -167,6 +195,9 @@ def main() -> int:
         for n in (int(s) for s in args.sizes.split(",") if s):
             rate, overhead = bench_bulk(base, n)
             print(f"bulk_create {n:>7d} jobs: {rate:8.0f} jobs/s   API overhead {overhead:5.1f} us/job")
+            cli = bench_cli_file(base, n)
+            if cli is not None:
+                print(f"spool job create --file {n:>7d} jobs: {cli:8.0f} jobs/s (the whole command)")
         if args.million:
             mdir = Path(args.million_dir) if args.million_dir else _fast_dir(base, args.million)
             mdir = Path(tempfile.mkdtemp(prefix="spool-million-", dir=mdir))

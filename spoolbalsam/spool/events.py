@@ -84,7 +84,7 @@ def merge_state(layout: Layout) -> tuple[dict[str, int], dict[str, list[dict]]]:
     the site has merged it, so neither a site restart nor a reader can lose it.
     """
     try:
-        state = fsio.read_json(layout.site_dir / "merged.json")
+        state = fsio.read_json(layout.site_dir / "merged.json", retry=False)   # absent: none yet
     except FileNotFoundError:
         return {}, {}
     return dict(state.get("offsets", {})), dict(state.get("pending", {}))

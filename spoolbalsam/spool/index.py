@@ -52,10 +52,12 @@ hand is found too.  ``spool site reindex`` rebuilds the index from the records, 
 """
 from __future__ import annotations
 
+import bisect
 import os
 import sys
 import time
 from array import array
+from itertools import compress
 from pathlib import Path
 from typing import Iterable, Iterator
 
@@ -73,7 +75,7 @@ DIR_OF = tuple(S.STATE_DIR.get(s) for s in STATES)          # code -> directory 
 INDEXED_DIRS = ("waiting", "ready", "running", "done", "failed")
 FORMAT = "spool-index 1"
 COMPACT_MIN = 50_000
-SECTIONS = ("ids", "state", "attempt", "app", "tagset", "created", "tagsets")
+SECTIONS = ("ids", "idoff", "state", "attempt", "app", "tagset", "created", "tagsets")
 _LITTLE = sys.byteorder == "little"
 
 
@@ -110,8 +112,12 @@ class Table:
 
     def __init__(self):
         self.gen = 0
+        # Ids: the base's as one blob with an offset per row (read one id without decoding
+        # a million), the ones added since in a list; ``ids`` decodes them all when asked.
         self._ids: list[str] | None = []
         self._ids_blob: bytes | None = None
+        self._id_off: array | None = None
+        self._new_ids: list[str] = []
         self.state = bytearray()
         self.attempt = array("H")
         self.app = array("H")
@@ -127,11 +133,51 @@ class Table:
     # ---- lazily decoded columns -----------------------------------------------------------
     @property
     def ids(self) -> list[str]:
+        """Every row's id (decodes the base's ids once)."""
         if self._ids is None:
             blob = self._ids_blob
-            self._ids = blob.decode().split("\n") if blob else []
-            self._ids_blob = None
+            self._ids = (blob.decode().split("\n") if blob else []) + self._new_ids
+            self._ids_blob, self._id_off, self._new_ids = None, None, []
         return self._ids
+
+    def id_of(self, r: int) -> str:
+        if self._ids is not None:
+            return self._ids[r]
+        off = self._id_off
+        if r < len(off) - 1:
+            return self._ids_blob[off[r]:off[r + 1] - 1].decode()
+        return self._new_ids[r - len(off) + 1]
+
+    def _append_id(self, job_id: str) -> None:
+        if self._row is not None:
+            self._row[job_id] = len(self.state)
+        (self._new_ids if self._ids is None else self._ids).append(job_id)
+
+    def find_rows(self, job_ids) -> dict[str, int]:
+        """Rows of ``job_ids`` (those the table has).  A few are searched for in the ids'
+        blob; many build the whole id -> row map once."""
+        job_ids = list(job_ids)
+        if self._row is not None or self._ids is not None or len(job_ids) > 64:
+            row = self.row
+            return {j: row[j] for j in job_ids if j in row}
+        out = {}
+        blob, off = self._ids_blob, self._id_off
+        for j in job_ids:
+            needle, pos = j.encode(), 0
+            while True:
+                pos = blob.find(needle, pos)
+                if pos < 0:
+                    break
+                end = pos + len(needle)
+                if (pos == 0 or blob[pos - 1] == 10) and (end == len(blob) or blob[end] == 10):
+                    out[j] = bisect.bisect_right(off, pos) - 1
+                    break
+                pos = end
+        base = len(off) - 1
+        for i, j in enumerate(self._new_ids):
+            if j in job_ids:
+                out[j] = base + i
+        return out
 
     @property
     def tagsets(self) -> list[bytes]:
@@ -166,7 +212,8 @@ class Table:
         remap = _state_remap(head["states"])
         self.gen, self.offsets, self.t = head["gen"], dict(head["offsets"]), head["t"]
         self.apps = list(head["apps"])
-        self._ids, self._ids_blob = None, bytes(parts["ids"])
+        self._ids, self._ids_blob, self._new_ids = None, bytes(parts["ids"]), []
+        self._id_off = _from_le("I", parts["idoff"])
         self._tagsets, self._tagsets_blob = None, bytes(parts["tagsets"])
         self.state = bytearray(parts["state"])
         if remap is not None:
@@ -187,12 +234,8 @@ class Table:
             self.tagsets.extend(t.encode() for t in line["tagsets"])
         new = line.get("new")
         if new:
-            ids = self.ids
-            row = self._row
             for job_id, st, att, app, tag, created in new:
-                if row is not None:
-                    row[job_id] = len(ids)
-                ids.append(job_id)
+                self._append_id(job_id)
                 self.state.append(st)
                 self.attempt.append(min(att, 65535))
                 self.app.append(app)
@@ -226,13 +269,12 @@ class Table:
     def put(self, job_id: str, state: str, attempt: int, rec: dict | None = None) -> int:
         """Set a job's state and attempt (and app and tags from ``rec``); a new row if the
         job has none (then ``rec`` is needed).  Returns the row."""
-        r = self.row.get(job_id)
+        r = self.find_rows([job_id]).get(job_id)
         if r is None:
             if rec is None:
                 return -1
             r = len(self.state)
-            self.ids.append(job_id)
-            self.row[job_id] = r
+            self._append_id(job_id)
             self.state.append(CODE[state])
             self.attempt.append(min(attempt, 65535))
             self.app.append(self.code_app(rec.get("app") or ""))
@@ -259,7 +301,9 @@ class Table:
 
         An event of an older attempt than the row's is a zombie's and changes nothing (as
         ``events.apply_event`` treats it)."""
-        row, unknown = self.row, []
+        events = list(events)
+        row = self.find_rows({ev.get("job") for ev in events if ev.get("job")})
+        unknown = []
         for ev in events:
             job_id, to = ev.get("job"), ev.get("to")
             if job_id is None or to not in CODE:
@@ -281,21 +325,22 @@ class Table:
         table does not know).  A job found nowhere is marked removed."""
         from .store import Store
         store = store or Store(layout)
-        limbo = None
+        job_ids = list(job_ids)
+        if not job_ids:
+            return
+        limbo = store.held_index()
+        rows = self.find_rows(job_ids)
         for job_id in job_ids:
-            if limbo is None:
-                limbo = store.held_index()
             loc = store.locate(job_id, limbo)
             if loc is None or loc[0] == "created":
-                if job_id in self.row and loc is None:
-                    r = self.row[job_id]
-                    self.put(job_id, REMOVED, self.attempt[r])
+                if job_id in rows and loc is None:
+                    self.put(job_id, REMOVED, self.attempt[rows[job_id]])
                 continue
             rec = read_located(loc)
             if rec is None:
                 continue
             where, state = loc[0], rec["state"]
-            r = self.row.get(job_id)
+            r = rows.get(job_id)
             if r is not None and DIR_OF[self.state[r]] == where == "running":
                 state = STATES[self.state[r]]   # a record in running/ is not rewritten: the
                 #                                 events say more than its state field
@@ -335,36 +380,37 @@ class Table:
     def rows_matching(self, states: set[str] | None = None, tags: dict | None = None,
                       app: str | None = None) -> list[int]:
         """Rows whose state is in ``states`` (None: any but removed), whose tags contain
-        ``tags`` and whose app is ``app``; in intake order."""
+        ``tags`` and whose app is ``app``; in intake order.  Each condition is one pass
+        over its column in C (``compress`` over a ``map`` of a set's ``__contains__``),
+        the most selective first, then checks on the rows left."""
         codes = {CODE[s] for s in states if s in CODE} if states is not None else \
             set(range(len(STATES) - 1))
         codes.discard(CODE[REMOVED])
-        cols = [self.state]
-        sets = [codes]
+        if not codes:
+            return []
+        rows = None
         if tags:
-            tagsets = self.tagsets_matching(tags)
-            if not tagsets:
+            sets = self.tagsets_matching(tags)
+            if not sets:
                 return []
-            cols.append(self.tagset)
-            sets.append(tagsets)
+            rows = list(compress(range(len(self.state)), map(sets.__contains__, self.tagset)))
         if app is not None:
             try:
                 a = self.apps.index(app)
             except ValueError:
                 return []
-            cols.append(self.app)
-            sets.append({a})
-        if len(cols) == 1:
-            if len(codes) == len(STATES) - 1:
-                return [i for i, s in enumerate(self.state) if s != CODE[REMOVED]]
-            return [i for i, s in enumerate(self.state) if s in codes]
-        if len(cols) == 2:
-            c0, c1 = cols
-            s0, s1 = sets
-            return [i for i, (a, b) in enumerate(zip(c0, c1)) if b in s1 and a in s0]
-        c0, c1, c2 = cols
-        s0, s1, s2 = sets
-        return [i for i, (a, b, c) in enumerate(zip(c0, c1, c2)) if b in s1 and c in s2 and a in s0]
+            col = self.app
+            rows = (list(compress(range(len(self.state)), map(a.__eq__, col))) if rows is None
+                    else [r for r in rows if col[r] == a])
+        if rows is None:
+            if len(codes) == len(STATES) - 1 and CODE[REMOVED] not in self.state:
+                return list(range(len(self.state)))
+            return list(compress(range(len(self.state)), map(codes.__contains__, self.state)))
+        if len(codes) == len(STATES) - 1:
+            st, removed = self.state, CODE[REMOVED]
+            return [r for r in rows if st[r] != removed]
+        st = self.state
+        return [r for r in rows if st[r] in codes]
 
     def count_matching(self, states=None, tags=None, app=None) -> dict[str, int]:
         """Jobs per fine state among those ``rows_matching`` would return."""
@@ -563,10 +609,11 @@ class Keeper(Table):
 
     def _adopt(self, table: Table) -> None:
         self.__dict__.update({k: v for k, v in table.__dict__.items()
-                              if k in ("gen", "_ids", "_ids_blob", "state", "attempt", "app",
-                                       "tagset", "created", "apps", "_tagsets",
-                                       "_tagsets_blob", "offsets", "t")})
+                              if k in ("gen", "_ids", "_ids_blob", "_id_off", "_new_ids",
+                                       "state", "attempt", "app", "tagset", "created", "apps",
+                                       "_tagsets", "_tagsets_blob", "offsets", "t")})
         self._row = None
+        self.ids                          # the site keeps every id decoded (it maps ids)
 
     def _index_codes(self) -> None:
         self._app_code = {name: i for i, name in enumerate(self.apps)}
@@ -684,8 +731,13 @@ class Keeper(Table):
 
     def _write_generation(self, gen: int) -> None:
         self.dir.mkdir(parents=True, exist_ok=True)
+        encoded = [j.encode() for j in self.ids]
+        idoff = array("I", [0])
+        for e in encoded:
+            idoff.append(idoff[-1] + len(e) + 1)      # each id ends with its newline
         sections = {
-            "ids": "\n".join(self.ids).encode(),
+            "ids": b"\n".join(encoded),
+            "idoff": _le(idoff),
             "state": bytes(self.state),
             "attempt": _le(self.attempt), "app": _le(self.app), "tagset": _le(self.tagset),
             "created": _le(self.created),
@@ -729,9 +781,9 @@ class Keeper(Table):
         for rec in scan(self.layout):
             fresh.put(rec["id"], rec["state"], rec.get("attempt", 1), rec)
         self.__dict__.update({k: v for k, v in fresh.__dict__.items()
-                              if k in ("_ids", "_row", "state", "attempt", "app", "tagset",
-                                       "created", "apps", "_tagsets", "_app_code",
-                                       "_tag_code")})
+                              if k in ("_ids", "_ids_blob", "_id_off", "_new_ids", "_row",
+                                       "state", "attempt", "app", "tagset", "created", "apps",
+                                       "_tagsets", "_app_code", "_tag_code")})
         self.offsets = dict(offsets)
         self.suspects.clear()
         self.bucket_rows = None

@@ -7,6 +7,7 @@
       settings.yml                machine, scheduler, queues, launcher settings
       apps/NAME.yml | NAME.py     app definitions
       jobs/created/ID.json        intake: anyone drops files here (write .ID.tmp, then rename)
+      jobs/created/NAME.jsonl     a bulk drop: one job per line (``site.bulk``)
       jobs/waiting/BB/ID.json     AWAITING_PARENTS            BB = shard(ID), 256 buckets
       jobs/ready/BB/ID.json       runnable
       jobs/ready.bell             grows a byte whenever jobs come into ready/ (``bell``)
@@ -24,6 +25,8 @@
       site/limbo/                 the site's private hand-over area
       site/spare/                 replaced records the site reuses as temps (fsio.Spares)
       site/intake/                dropped files the site has taken and not yet finished
+      site/index/                 the query index: CURRENT, G.base, G.log (``spool.index``)
+      site/hints/                 notes from CLI/API processes naming jobs they moved (``hints``)
       batch/ID/                   one batch job: request.json, state.json, qlaunch script
       data/WORKDIR/job.out        each job's working directory and output
       log/                        site and launcher logs

@@ -145,10 +145,10 @@ def _select_indexed(layout: Layout, flt: Filter, table, rows,
     holds neither)."""
     store = Store(layout)
     pending = unmerged_events(layout)
-    ids, st = table.ids, table.state
+    id_of, st = table.id_of, table.state
     job_file = layout.job_file
     for r in rows:
-        job_id, d = ids[r], ix.DIR_OF[st[r]]
+        job_id, d = id_of(r), ix.DIR_OF[st[r]]
         rec = None
         if d != "running":
             rec = read_record(job_file(d, job_id), d, pending)
@@ -195,16 +195,37 @@ def ordered(layout: Layout, flt: Filter | None = None, key: str = "created") -> 
         yield from sorted(select(layout, flt, use_index=False), key=keyfn)
         return
     rows = table.rows_matching(flt.index_states(), flt.tags or None, flt.app)
-    ids, created = table.ids, table.created
     if key == "id":
-        rows.sort(key=ids.__getitem__)
+        rows.sort(key=table.id_of)
     else:
-        rows.sort(key=lambda r: (created[r], ids[r]))
+        rows = _by_creation(table, rows)
     indexed = _select_indexed(layout, flt, table, rows, rest=False)
     others = tuple(d for d in flt.dirs if d not in ix.INDEXED_DIRS)
     extra = sorted(_select_scan(layout, Filter(**{**flt.__dict__, "dirs": others})),
                    key=keyfn) if others else []
     yield from heapq.merge(indexed, extra, key=keyfn)
+
+
+def _by_creation(table, rows: list[int]) -> list[int]:
+    """``rows`` in order of (creation time, id): sorted on the time column alone (in C),
+    then runs of equal times sorted by id (rare, but a bulk of records may share one)."""
+    created = table.created
+    rows.sort(key=created.__getitem__)
+    times = list(map(created.__getitem__, rows))
+    if len(set(times)) == len(times):
+        return rows
+    out, i = [], 0
+    while i < len(rows):
+        j = i + 1
+        t = created[rows[i]]
+        while j < len(rows) and created[rows[j]] == t:
+            j += 1
+        run = rows[i:j]
+        if len(run) > 1:
+            run.sort(key=table.id_of)
+        out.extend(run)
+        i = j
+    return out
 
 
 def page(layout: Layout, flt: Filter | None, offset: int = 0, limit: int | None = None,
