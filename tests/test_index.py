@@ -299,3 +299,44 @@ def test_counts_are_right_while_the_site_is_stopped(site):
     assert [r["id"] for r in ordered(lay, Filter.from_states(["done"]))] == \
         [r["id"] for r in sorted(select(lay, Filter.from_states(["done"]), use_index=False),
                                  key=lambda r: (r["created_at"], r["id"]))]
+
+
+def test_the_running_site_folds_launcher_events_into_the_index(site):
+    """No restart here: what the index says comes from the events, not the start-up check."""
+    start_site(site)
+    for i in range(5):
+        drop(site, f"e{i}.json", job(workdir=f"e/{i}", node_packing_count=4))
+    lay = layout(site)
+    wait_for(lambda: index.available(lay) and counts(lay)["ready"] == 5, 20, "taken in")
+    proc = start_launcher(site, idle_ttl=1)
+    wait_for(lambda: proc.poll() is not None, 60, "launcher done")
+    wait_for(lambda: index.load(lay, overlay=False).dir_counts()["done"] == 5, 20,
+             "the site's own index line saying done")
+    seen = index.load(lay, overlay=False)
+    assert all(seen.describe(r)["state"] == S.JOB_FINISHED for r in range(5))
+    stop_site(site)
+    assert index.verify(lay) == []
+
+
+def test_a_site_crash_between_a_move_and_its_index_line_is_repaired_at_recovery(site):
+    """The site releases a child, then dies before the tick's index line: the restarted
+    site's check against the directories finds the child where it really is."""
+    s = site_obj(site)
+    s.recover()
+    drop(site, "p.json", job(workdir="p"))
+    drop(site, "c.json", job(workdir="c", parent_ids=["p"]))
+    s.tick()
+    lay = layout(site)
+    os.rename(lay.job_file("ready", "p"), lay.job_file("done", "p"))   # as a launcher would
+    s.index.moved("p", S.JOB_FINISHED, 1)
+    s._release_children("p")                    # c -> ready, in the index in memory only
+    assert ids_in(site, "ready") == ["c"]
+    s.index.log.close()                         # "kill -9": the tick's line never written
+    def state_of_c():
+        t = index.load(lay, overlay=False)
+        return t.describe(t.ids.index("c"))["state"]
+    assert state_of_c() == S.AWAITING_PARENTS
+    again = site_obj(site)
+    again.recover()
+    assert index.verify(lay) == []
+    assert state_of_c() == S.READY
