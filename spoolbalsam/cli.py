@@ -387,11 +387,12 @@ def _fmt_time(t) -> str:
 @click.option("-c", "--count", "count_only", is_flag=True, help="Only the number of matching jobs.")
 @click.option("--limit", type=click.IntRange(min=0), help="At most this many jobs (a page).")
 @click.option("--offset", type=click.IntRange(min=0), default=0, help="Skip this many first.")
+@click.option("-r", "--reverse", is_flag=True, help="Newest first.")
 @click.option("-v", "--verbose", is_flag=True, help="Whole records.")
 @click.option("--json", "as_json", is_flag=True, help="One JSON record per line.")
 @click.pass_context
 def job_ls(ctx, state, exclude_state, tag, app_name, workdir, ids, by_state, count_only, limit,
-           offset, verbose, as_json):
+           offset, reverse, verbose, as_json):
     """List jobs, oldest first (right even while the site is stopped)."""
     import itertools
 
@@ -411,7 +412,8 @@ def job_ls(ctx, state, exclude_state, tag, app_name, workdir, ids, by_state, cou
         for k, v in sorted(tally.items()):
             click.echo(f"{k:18s} {v}")
         return
-    recs = itertools.islice(ordered(layout, flt), offset, None if limit is None else offset + limit)
+    recs = itertools.islice(ordered(layout, flt, reverse=reverse), offset,
+                            None if limit is None else offset + limit)
     out = sys.stdout
     if as_json:
         import orjson

@@ -340,3 +340,20 @@ def test_a_site_crash_between_a_move_and_its_index_line_is_repaired_at_recovery(
     again.recover()
     assert index.verify(lay) == []
     assert state_of_c() == S.READY
+
+
+def test_pages_in_both_directions_match_the_sorted_records(site):
+    s = site_obj(site)
+    s.recover()
+    ids = _campaign(site, 30)
+    s.tick()
+    lay = layout(site)
+    full = sorted(index.scan(lay), key=lambda r: (r["created_at"], r["id"]))
+    assert [r["id"] for r in page(lay, Filter(), 3, 5, reverse=True)] == \
+        [r["id"] for r in full[::-1][3:8]]
+    res = spool(site, "job", "ls", "--limit", "2", "--reverse", "--json")
+    import json as _json
+    assert [_json.loads(x)["id"] for x in res.stdout.splitlines()] == [full[-1]["id"], full[-2]["id"]]
+    from spoolbalsam.api import Job
+    got = Job.objects.filter(site_name=str(site), tags={"batch": "3"}).order_by("-id")[1:3]
+    assert [j.id for j in got] == sorted((j for j in ids if int(j[1:]) % 4 == 3), reverse=True)[1:3]

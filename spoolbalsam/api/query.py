@@ -368,24 +368,29 @@ class JobQuery(Fetched):
         if (self._cache is None and isinstance(index, slice) and key is not None
                 and index.step in (None, 1) and (index.start or 0) >= 0
                 and (index.stop is None or index.stop >= 0)):
-            return self._page(key, index.start or 0, index.stop)
+            return self._page(*key, index.start or 0, index.stop)
         return self._fetch()[index]
 
-    def _page_key(self) -> str | None:
-        if not self._order or self._order == ("id",):
-            return "id"
-        if self._order in (("created",), ("created_at",)):
-            return "created"
+    def _page_key(self) -> tuple[str, bool] | None:
+        """(key, newest first) when the order is one ``spool.query.ordered`` pages by."""
+        if not self._order:
+            return "id", False
+        if len(self._order) == 1:
+            name, reverse = self._order[0].lstrip("-"), self._order[0].startswith("-")
+            if name == "id":
+                return "id", reverse
+            if name in ("created", "created_at"):
+                return "created", reverse
         return None
 
-    def _page(self, key: str, start: int, stop: int | None) -> list:
+    def _page(self, key: str, reverse: bool, start: int, stop: int | None) -> list:
         if self._cond.impossible or (stop is not None and stop <= start):
             return []
         layout = self.layout
         make = self._manager.model._from_record
         want = None if stop is None else stop - start
         out = []
-        for rec in ordered(layout, self._cond.to_filter(), key):
+        for rec in ordered(layout, self._cond.to_filter(), key, reverse):
             if not self._cond.matches(rec) or any(x.matches(rec) for x in self._excludes):
                 continue
             if start > 0:

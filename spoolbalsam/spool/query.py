@@ -183,27 +183,31 @@ def count(layout: Layout, flt: Filter | None = None, use_index: bool = True) -> 
     return out
 
 
-def ordered(layout: Layout, flt: Filter | None = None, key: str = "created") -> Iterator[dict]:
+def ordered(layout: Layout, flt: Filter | None = None, key: str = "created",
+            reverse: bool = False) -> Iterator[dict]:
     """The matching jobs' records in order of ``key``: ``"created"`` (creation time, then
-    id: the order of ``spool job ls``) or ``"id"``.  With the index, records are read one
-    by one as the caller consumes them, so the first page costs a page of reads (a
-    candidate that no longer matches is skipped and the next one taken)."""
+    id: the order of ``spool job ls``) or ``"id"``; newest first with ``reverse``.  With
+    the index, records are read one by one as the caller consumes them, so the first page
+    costs a page of reads (a candidate that no longer matches is skipped and the next one
+    taken)."""
     flt = flt or Filter()
     keyfn = _sort_key(key)
     table = _table(layout, flt.ids is None)
     if table is None:
-        yield from sorted(select(layout, flt, use_index=False), key=keyfn)
+        yield from sorted(select(layout, flt, use_index=False), key=keyfn, reverse=reverse)
         return
     rows = table.rows_matching(flt.index_states(), flt.tags or None, flt.app)
     if key == "id":
         rows.sort(key=table.id_of)
     else:
         rows = _by_creation(table, rows)
+    if reverse:
+        rows.reverse()
     indexed = _select_indexed(layout, flt, table, rows, rest=False)
     others = tuple(d for d in flt.dirs if d not in ix.INDEXED_DIRS)
     extra = sorted(_select_scan(layout, Filter(**{**flt.__dict__, "dirs": others})),
-                   key=keyfn) if others else []
-    yield from heapq.merge(indexed, extra, key=keyfn)
+                   key=keyfn, reverse=reverse) if others else []
+    yield from heapq.merge(indexed, extra, key=keyfn, reverse=reverse)
 
 
 def _by_creation(table, rows: list[int]) -> list[int]:
@@ -229,10 +233,10 @@ def _by_creation(table, rows: list[int]) -> list[int]:
 
 
 def page(layout: Layout, flt: Filter | None, offset: int = 0, limit: int | None = None,
-         key: str = "created") -> list[dict]:
-    """Records ``offset`` to ``offset + limit`` of ``ordered(layout, flt, key)``."""
+         key: str = "created", reverse: bool = False) -> list[dict]:
+    """Records ``offset`` to ``offset + limit`` of ``ordered(layout, flt, key, reverse)``."""
     stop = None if limit is None else offset + limit
-    return list(itertools.islice(ordered(layout, flt, key), offset, stop))
+    return list(itertools.islice(ordered(layout, flt, key, reverse), offset, stop))
 
 
 def _sort_key(key: str):
