@@ -325,3 +325,34 @@ def test_locate_finds_a_job_that_moves_at_any_moment_of_its_look(tmp_path, monke
             monkeypatch.setattr(os.path, "exists", real)
         assert found is not None, f"{src} -> {dst} after look {k} of {len(looks)}: lost"
         assert found[0] in (src, dst)
+
+
+@pytest.mark.parametrize("step", ["created->intake", "intake->ready"])
+def test_locate_finds_a_drop_the_site_is_taking_in_at_any_moment_of_its_look(tmp_path,
+                                                                             monkeypatch, step):
+    """The site holds a drop in site/intake/ while it checks and publishes it (milliseconds
+    to a batch's syncs): a reader looking then must see it (CREATED), not a vanished job."""
+    lay = Layout(tmp_path / "S")
+    lay.make()
+    real_exists, real_list = os.path.exists, fsio.list_names
+    for k in range(1, 10):
+        job_id = new_id()
+        created, held = lay.created / f"{job_id}.json", lay.site_dir / "intake" / f"1.0~{job_id}.json"
+        src, dst = (created, held) if step == "created->intake" else (held, lay.job_path("ready", job_id))
+        fsio.write_json_atomic(src, {"id": job_id})
+        looks = []
+
+        def look(got, looks=looks, k=k, src=src, dst=dst):
+            looks.append(1)
+            if len(looks) == k:
+                fsio.rename(src, dst)
+            return got
+        monkeypatch.setattr(os.path, "exists", lambda p: look(real_exists(p)))
+        monkeypatch.setattr(fsio, "list_names", lambda d, suffix=".json": look(real_list(d, suffix)))
+        try:
+            found = Store(lay).locate(job_id, {})
+        finally:
+            monkeypatch.setattr(os.path, "exists", real_exists)
+            monkeypatch.setattr(fsio, "list_names", real_list)
+        assert found is not None, f"{step} after look {k} of {len(looks)}: lost"
+        assert found[0] in ("created", "ready")

@@ -92,7 +92,7 @@ class Site:
     def __init__(self, layout: Layout, settings: dict, machine=None):
         self.layout = layout
         self.settings = settings
-        self.store = Store(layout, settings.get("claim_mode", "rename"))
+        self.store = Store(layout, settings.get("claim_mode", "rename"), see_intake=False)
         self.apps = AppRegistry(layout.apps)
         self.limbo = layout.site_dir / "limbo"
         self.spares = fsio.Spares(layout.site_dir / "spare")   # files kept for rewrites

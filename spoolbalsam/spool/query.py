@@ -251,11 +251,18 @@ def _select_scan(layout: Layout, flt: Filter) -> Iterator[dict]:
     if flt.ids is not None:
         limbo = store.held_index()
         for job_id in sorted(flt.ids):
-            loc = store.locate(job_id, limbo)
-            if loc and loc[0] in flt.dirs:
+            # race: the job may move between the look and the read (the site taking a
+            # drop in, a launcher claiming it): a record gone when read is looked up again.
+            for _ in range(3):
+                loc = store.locate(job_id, limbo)
+                if loc is None:
+                    break
                 rec = read_record(loc[1], loc[0], pending, job_id)
-                if rec and flt.matches(rec):
-                    yield rec
+                if rec is not None:
+                    if rec["_dir"] in flt.dirs and flt.matches(rec):
+                        yield rec
+                    break
+                limbo = store.held_index()
         return
     # race: a job being moved with a rewrite sits in its mover's limbo for a moment (or,
     # after a crash, until recovery); a reader shows it where it is going.  The site's merges

@@ -136,11 +136,14 @@ def same_file(a: os.stat_result, b: os.stat_result) -> bool:
 
 
 class Store:
-    def __init__(self, layout: Layout, claim_mode: str = "rename"):
+    def __init__(self, layout: Layout, claim_mode: str = "rename", see_intake: bool = True):
+        """``see_intake``: ``locate`` also finds a drop the site is taking in (held in
+        ``site/intake/``); the site itself, which knows what it holds, turns it off."""
         if claim_mode not in ("rename", "token"):
             raise ValueError(f"claim_mode must be 'rename' or 'token', got {claim_mode!r}")
         self.layout = layout
         self.claim_mode = claim_mode
+        self.see_intake = see_intake
         self.bell = layout.jobs / bell.NAME
         self._ready = f"{layout.state_dir('ready')}/"
 
@@ -154,15 +157,26 @@ class Store:
         at only when the job is found nowhere else.
 
         # race: the job may move while we look.  The directories are looked at in the
-        # order jobs move forward through them (created, waiting, ready, running/L, done,
-        # failed), so a forward move between two looks is seen by the later one: a parent
+        # order jobs move forward through them (created, the site's intake, waiting, ready,
+        # running/L, done, failed), so a forward move between two looks is seen by the
+        # later one: a parent
         # renamed from running/L/ into done/ is not missed.  Jobs move backwards only into
         # ready/ (a retry, a revoke, an unstarted claim returned), so ready/ is looked at
         # once more at the end.  Only two moves within one pass (microseconds) can hide a
         # job.
         """
         lay, exists = self.layout, os.path.exists
-        for state in ("created", "waiting", "ready"):
+        p = lay.job_file("created", job_id)
+        if exists(p):
+            return "created", Path(p)
+        if self.see_intake:
+            # A drop moves created/ -> site/intake/ -> waiting|ready|failed: looked at here,
+            # in that order, it is not missed while the site validates and publishes it.
+            tail = f"~{job_id}.json"
+            for name in fsio.list_names(lay.site_dir / "intake"):
+                if name.endswith(tail):
+                    return "created", lay.site_dir / "intake" / name
+        for state in ("waiting", "ready"):
             p = lay.job_file(state, job_id)
             if exists(p):
                 return state, Path(p)
