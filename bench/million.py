@@ -114,16 +114,19 @@ def site_start(layout: Layout) -> tuple[float, float, int]:
     t = time.perf_counter()
     subprocess.run(SPOOL + ["--site", str(layout.root), "site", "start"], check=True,
                    stdout=subprocess.DEVNULL, env=C.child_env())
-    log = layout.log / "site.log"
-    C.wait_for(lambda: "checked against the directories" in log.read_text(), 600,
-               "the site's index check", "million.py")
-    started = time.perf_counter() - t
-    line = [ln for ln in log.read_text().splitlines() if "checked against" in ln][-1]
-    check = float(line.split(" in ")[1].split(" s")[0])
-    pid = fsio.read_json(layout.site_dir / "site.pid")["pid"]
-    rss = int(next(ln for ln in open(f"/proc/{pid}/status") if ln.startswith("VmRSS")).split()[1])
-    subprocess.run(SPOOL + ["--site", str(layout.root), "site", "stop"], check=True,
-                   stdout=subprocess.DEVNULL, env=C.child_env())
+    try:
+        log = layout.log / "site.log"
+        C.wait_for(lambda: "checked against the directories" in log.read_text(), 600,
+                   "the site's index check", "million.py")
+        started = time.perf_counter() - t
+        line = [ln for ln in log.read_text().splitlines() if "checked against" in ln][-1]
+        check = float(line.split(" in ")[1].split(" s")[0])
+        pid = fsio.read_json(layout.site_dir / "site.pid")["pid"]
+        rss = int(next(ln for ln in open(f"/proc/{pid}/status")
+                       if ln.startswith("VmRSS")).split()[1])
+    finally:                         # the site we started, stopped by its own command
+        subprocess.run(SPOOL + ["--site", str(layout.root), "site", "stop"], check=True,
+                       stdout=subprocess.DEVNULL, env=C.child_env())
     return started, check, rss
 
 
