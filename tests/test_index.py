@@ -357,3 +357,11 @@ def test_pages_in_both_directions_match_the_sorted_records(site):
     from spoolbalsam.api import Job
     got = Job.objects.filter(site_name=str(site), tags={"batch": "3"}).order_by("-id")[1:3]
     assert [j.id for j in got] == sorted((j for j in ids if int(j[1:]) % 4 == 3), reverse=True)[1:3]
+
+
+def test_a_site_whose_directory_is_deleted_stops(site, tmp_path):
+    pid = start_site(site)
+    import shutil
+    shutil.rmtree(site, ignore_errors=True)        # the site may write while it goes
+    assert not (site / ".spool-site").exists()
+    wait_for(lambda: not pid_alive(pid), 30, "the site process to stop by itself")

@@ -45,7 +45,7 @@ from ..spool import bell, fsio
 from ..spool.events import apply_event, event_logs, merge_state, save_merge_state, settled_prefix
 from ..spool.index import COMPACT_MIN, Keeper
 from ..spool.ids import new_id, valid_id
-from ..spool.layout import Layout
+from ..spool.layout import MARKER, Layout
 from ..spool.lease import DEAD, EXITED, LeaseJudge, read_lease
 from .bulk import BulkIntake
 from .intake import check_job, parents_first
@@ -623,8 +623,15 @@ class Site:
         interval = interval or self.settings.get("poll_interval_sec", 1.0)
         wake = wake or threading.Event()
         self.recover()
+        next_look = 0.0
         while not stop.is_set():
             started = time.monotonic()
+            if started >= next_look:         # a site whose directory was deleted stops
+                next_look = started + 10.0
+                if not (self.layout.root / MARKER).exists():
+                    log.error("site directory %s is gone (no %s); the site process stops",
+                              self.layout.root, MARKER)
+                    break
             try:
                 counts = self.tick(started)
             except Exception:  # the site never stops on one bad tick; it logs and goes on
