@@ -17,6 +17,7 @@ export SPOOL_REGISTRY="${SPOOL_REGISTRY:-$(mktemp -d)/sites.json}"
 started_slurm=0
 if [ "$(id -u)" = 0 ]; then
   command -v gcc >/dev/null || { apt-get update -qq && apt-get install -y -qq gcc >/dev/null; }
+  command -v rsync >/dev/null || { apt-get update -qq && apt-get install -y -qq rsync >/dev/null; }
   bash tests/infra/slurm-up.sh 4 && started_slurm=1
 fi
 cleanup() { [ "$started_slurm" = 1 ] && bash tests/infra/slurm-down.sh >/dev/null 2>&1 || true; }

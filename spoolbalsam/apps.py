@@ -13,6 +13,8 @@
     cleanup_files: ["*.tmp"]                   # globs inside the workdir, removed after success
     retry: {errors: 0, timeouts: 5}            # reruns before FAILED (job.retry overrides)
     python_class: EchoHello                    # for Python apps: class in apps/NAME.py
+    transfers:                                 # Balsam's transfer slots (transfer.items)
+      input: {required: true, direction: in, local_path: input.dat}
 
 Rendering: every parameter value is shell-quoted (``shlex.quote``) *before* Jinja2 sees it,
 so one parameter is always one shell word and a value can never inject commands.  A
@@ -30,9 +32,12 @@ from pathlib import Path
 
 import yaml
 
+from .transfer.items import check_slots
+
 DEFAULT_RETRY = {"errors": 0, "timeouts": 5}
 APP_KEYS = {"name", "description", "command_template", "parameters", "environment_variables",
-            "shell_preamble", "cleanup_files", "retry", "python_class", "python_exe"}
+            "shell_preamble", "cleanup_files", "retry", "python_class", "python_exe",
+            "transfers"}
 _SHELL_CHARS = re.compile(r"[$`|&;<>(){}*?\[\]~!#\\\n'\"]")
 _VAR = re.compile(r"\{\{ *([A-Za-z_][A-Za-z0-9_]*) *\}\}")
 _OPENS = re.compile(r"(?=\{\{)|\{%|\{#|\r")       # where Jinja2 syntax may start (or a CR
@@ -57,6 +62,7 @@ class App:
     description: str = ""
     python_class: str | None = None
     python_exe: str | None = None
+    transfers: dict = field(default_factory=dict)        # slot -> {direction, local_path, ...}
     source: Path | None = None
     _template: object = field(default=None, repr=False, compare=False)   # Jinja2's, or a
                                                       # list of names (simple_variables)
@@ -218,10 +224,15 @@ def app_from_dict(d: object, source: str, name: str) -> App:
             isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in r.values()):
         raise bad("retry", "must be {errors: N, timeouts: M} with N, M >= 0")
     retry.update(r)
+    try:
+        slots = check_slots(d.get("transfers"))
+    except ValueError as e:
+        raise bad("transfers", str(e)) from None
     return App(name=name, command_template=tmpl, parameters=params,
                environment_variables=env, shell_preamble=pre, cleanup_files=cleanup,
                retry=retry, description=str(d.get("description") or ""),
-               python_class=d.get("python_class"), python_exe=d.get("python_exe"))
+               python_class=d.get("python_class"), python_exe=d.get("python_exe"),
+               transfers=slots)
 
 
 def load_app_file(path: Path) -> App:

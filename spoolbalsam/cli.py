@@ -147,6 +147,36 @@ def site_start(ctx, foreground):
     raise UserError(f"site process {proc.pid} did not report in 15 s; see {layout.log}/site.log")
 
 
+@site.command("globus-login")
+@click.option("-e", "--endpoint-id", "endpoints", multiple=True,
+              help="A Globus collection to consent to (repeat); default: the site's own "
+                   "and every globus:// location.")
+@click.pass_context
+def site_globus_login(ctx, endpoints):
+    """Log in to Globus for this site's transfers (needs spoolbalsam[globus])."""
+    layout = _site(ctx)
+    conf = _settings(layout)["transfers"]
+    if not conf["globus_client_id"]:
+        raise UserError(f"{layout.settings}: transfers.globus_client_id: is not set; register "
+                        "a native app with Globus (app.globus.org, \"thick client\") and put "
+                        "its client id there")
+    try:
+        from .transfer.globus import globus_login
+    except ImportError as e:
+        raise UserError(f"Globus support is not installed ({e}): pip install "
+                        "'spoolbalsam[globus]'") from None
+    if not endpoints:
+        from .transfer.items import check_locations
+        endpoints = [conf["globus_endpoint_id"]] if conf["globus_endpoint_id"] else []
+        endpoints += [loc.endpoint for loc in check_locations(conf["transfer_locations"]).values()
+                      if loc.scheme == "globus"]
+    try:
+        globus_login(conf["globus_client_id"], list(endpoints), ask=lambda p: click.prompt(p),
+                     say=click.echo)
+    except Exception as e:  # noqa: BLE001 - globus-sdk's errors: one line for the user
+        raise UserError(f"Globus login failed: {type(e).__name__}: {e}") from None
+
+
 @site.command("stop")
 @click.option("--timeout", default=30.0, show_default=True, help="Seconds to wait.")
 @click.pass_context
@@ -269,6 +299,11 @@ def app_ls(ctx, verbose):
             if a.shell_preamble:
                 click.echo(f"    preamble: {a.shell_preamble}")
             click.echo(f"    retry: {a.retry}")
+            for slot, t in a.transfers.items():
+                click.echo(f"    transfer {slot}: {t['direction']} {t['local_path']}"
+                           f"{' (required)' if t['required'] else ''}"
+                           f"{' recursive' if t['recursive'] else ''}"
+                           f"{'  ' + t['description'] if t['description'] else ''}")
 
 
 # ---------------------------------------------------------------------------------------
@@ -291,6 +326,8 @@ def job():
 @click.option("-lp", "--launch-param", multiple=True, help="Launch parameter KEY=VALUE.")
 @click.option("-t", "--wall-time-min", type=float, default=0, show_default=True)
 @click.option("-pid", "--parent-id", multiple=True, help="Parent job id (repeat).")
+@click.option("-s", "--stage-data", multiple=True,
+              help="Transfer item SLOT=ALIAS:/absolute/path (repeat); see the app's slots.")
 @click.option("--id", "job_id", help="Choose the job id (default: a fresh time-sorted id).")
 @click.option("-f", "--file", "jobs_file", type=click.File("rb"),
               help="Many jobs: a file of one JSON job per line (- for stdin), with the fields "
@@ -299,13 +336,14 @@ def job():
 @click.pass_context
 def job_create(ctx, app_name, workdir, param, tag, num_nodes, ranks_per_node, threads_per_rank,
                threads_per_core, gpus_per_rank, node_packing_count, launch_param, wall_time_min,
-               parent_id, job_id, jobs_file, quiet):
+               parent_id, stage_data, job_id, jobs_file, quiet):
     """Create one job, or many with --file (checked now, taken in by the site)."""
     from .submit import SubmitError, submit_jobs
     layout = _site(ctx)
     if jobs_file is not None:
         given = [o for o, v in (("-a", app_name), ("-w", workdir), ("-p", param), ("--tag", tag),
-                                ("-pid", parent_id), ("--id", job_id), ("-lp", launch_param)) if v]
+                                ("-pid", parent_id), ("--id", job_id), ("-lp", launch_param),
+                                ("-s", stage_data)) if v]
         if given:
             raise UserError(f"--file gives every job's fields itself; drop {' '.join(given)}")
         name = getattr(jobs_file, "name", "<stdin>")
@@ -330,6 +368,8 @@ def job_create(ctx, app_name, workdir, param, tag, num_nodes, ranks_per_node, th
            "gpus_per_rank": gpus_per_rank, "node_packing_count": node_packing_count,
            "launch_params": _kv(launch_param, "launch param"), "wall_time_min": wall_time_min,
            "parent_ids": list(parent_id)}
+    if stage_data:
+        raw["transfers"] = _kv(stage_data, "stage-data item")
     if job_id:
         raw["id"] = job_id
     try:
@@ -501,6 +541,7 @@ def job_retry(ctx, ids):
     from .spool.record import transition
     from .spool.store import Store, read_job
     from .spool.states import RESTART_READY
+    from .transfer.items import retry_transfers
     layout = _site(ctx)
     store = Store(layout)
     limbo = layout.site_dir / "limbo-cli"
@@ -513,7 +554,8 @@ def job_retry(ctx, ids):
         new = transition(rec, RESTART_READY, "spool job retry", "retried by user",
                          attempt=rec.get("attempt", 1) + 1, error=None,
                          retries={"errors": 0, "timeouts": 0})
-        if store.move_rewrite(loc[1], layout.job_path("ready", job_id), new, limbo):
+        new, dest = retry_transfers(new)
+        if store.move_rewrite(loc[1], layout.job_path(dest, job_id), new, limbo):
             hints.send(layout, [job_id], "spool job retry")
             click.echo(f"Job {job_id} is ready again (attempt {new['attempt']})")
 

@@ -58,11 +58,26 @@ DEFAULTS: dict = {
         "max_queue_wait_time_min": 60,
         "service_period_sec": 30,
     },
+    "transfers": {                    # Balsam's transfers section (spoolbalsam.transfer)
+        "transfer_locations": {},     # alias: file:///path[?method=...] | globus://COLLECTION[/path]
+        "max_concurrent_transfers": 5,   # tasks in flight (also accepted: num_transfer_slots)
+        "transfer_batch_size": 100,   # items per task
+        "num_items_query_limit": 2000,   # pending items considered per pass
+        "service_period": 5,          # seconds between Globus passes (local: every tick)
+        "local_method": "copy",       # copy | link | rsync, for file:// locations
+        "local_bwlimit_mb": None,     # MB/s per local task (null: no limit)
+        "max_attempts": 5,            # submissions of an item before its job fails
+        "retry_backoff_sec": 5,       # first retry delay; doubles each time, capped at 10 min
+        "globus_endpoint_id": None,   # the site's own Globus collection
+        "globus_endpoint_site_path": None,   # the site directory as that collection sees it
+        "globus_client_id": None,     # a Globus native app (thick client) id, for site globus-login
+    },
 }
 CHOICES = {"watch": ("auto", "inotify", "poll"), "claim_mode": ("rename", "token"),
            "elastic.job_mode": ("mpi", "serial"),
            "launcher.tile_hierarchy": (None, "COMPOSITE", "FLAT"),
-           "launcher.mpi_flavour": (None, "pals", "hydra", "srun")}
+           "launcher.mpi_flavour": (None, "pals", "hydra", "srun"),
+           "transfers.local_method": ("copy", "link", "rsync")}
 def _whole(lo: int):
     def check(v):
         if isinstance(v, bool) or not isinstance(v, int) or v < lo:
@@ -80,12 +95,41 @@ def _id_list(v):
     return [str(g) for g in v]
 
 
-# Keys whose default is null ("the machine's value") but whose value, when given, has a type.
+def _uuid(v):
+    import uuid
+    try:
+        return str(uuid.UUID(str(v)))
+    except ValueError:
+        raise ValueError(f"must be a Globus id (a UUID), got {v!r}") from None
+
+
+def _abs_path(v):
+    if not isinstance(v, str) or not v.startswith("/"):
+        raise ValueError(f"must be an absolute path, got {v!r}")
+    return v.rstrip("/") or "/"
+
+
+def _positive(v):
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or v <= 0:
+        raise ValueError(f"must be a number > 0, got {v!r}")
+    return v
+
+
+# Keys with a type of their own (checked whenever a value is given; null keeps the default
+# meaning "the machine's value" or "none").
 OPTIONAL = {"launcher.cpus_per_node": _whole(1), "launcher.gpu_ids": _id_list,
             "launcher.max_mpiexec_per_batch_job": _whole(1),
-            "launcher.max_concurrent_mpiruns": _whole(1), "launcher.prefetch": _whole(1)}
+            "launcher.max_concurrent_mpiruns": _whole(1), "launcher.prefetch": _whole(1),
+            "transfers.max_concurrent_transfers": _whole(1),
+            "transfers.transfer_batch_size": _whole(1),
+            "transfers.num_items_query_limit": _whole(1),
+            "transfers.max_attempts": _whole(1),
+            "transfers.local_bwlimit_mb": _positive,
+            "transfers.globus_endpoint_id": _uuid, "transfers.globus_client_id": _uuid,
+            "transfers.globus_endpoint_site_path": _abs_path}
 FREE_MAPPINGS = {"filter_tags", "scheduler.allowed_queues", "scheduler.optional_batch_job_params",
-                 "launcher.default_launch_params"}
+                 "launcher.default_launch_params", "transfers.transfer_locations"}
+ALIASES = {"transfers": {"num_transfer_slots": "max_concurrent_transfers"}}
 
 
 class SettingsError(ValueError):
@@ -137,6 +181,7 @@ def validate(raw: object, source: str) -> dict:
         raw = {}
     if not isinstance(raw, dict):
         raise SettingsError(f"{source}: must be a YAML mapping of settings")
+    raw = _unalias(raw, source)
     s = _check(raw, DEFAULTS, "", source)
     for qname, q in s["scheduler"]["allowed_queues"].items():
         if not isinstance(q, dict) or set(q) - {"max_nodes", "max_walltime", "max_queued_jobs"}:
@@ -146,7 +191,45 @@ def validate(raw: object, source: str) -> dict:
         machine_from_settings(s)
     except ValueError as e:
         raise SettingsError(f"{source}: machine/launcher: {e}") from None
+    _check_transfers(s["transfers"], source)
     return s
+
+
+def _unalias(raw: dict, source: str) -> dict:
+    """Balsam's other names for keys (``num_transfer_slots``) mapped to ours."""
+    out = dict(raw)
+    for section, names in ALIASES.items():
+        sub = out.get(section)
+        if not isinstance(sub, dict):
+            continue
+        sub = dict(sub)
+        for alias, key in names.items():
+            if alias in sub:
+                if key in sub:
+                    raise SettingsError(f"{source}: {section}.{alias}: is another name for "
+                                        f"{section}.{key}; give only one of them")
+                sub[key] = sub.pop(alias)
+        out[section] = sub
+    return out
+
+
+def _check_transfers(t: dict, source: str) -> None:
+    from .transfer.items import check_locations
+    try:
+        locations = check_locations(t["transfer_locations"])
+    except ValueError as e:
+        raise SettingsError(f"{source}: transfers.transfer_locations: {e}") from None
+    globus = sorted(a for a, loc in locations.items() if loc.scheme == "globus")
+    if globus and not t["globus_endpoint_id"]:
+        raise SettingsError(f"{source}: transfers.globus_endpoint_id: required by the Globus "
+                            f"location {globus[0]}: give the id of the site's own Globus "
+                            "collection (the one that sees this site's data/)")
+
+
+def transfer_locations(s: dict):
+    """The site's transfer locations, parsed (settings already validated)."""
+    from .transfer.items import check_locations
+    return check_locations(s["transfers"]["transfer_locations"])
 
 
 def load(path: Path) -> dict:

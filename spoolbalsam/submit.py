@@ -62,11 +62,13 @@ def submit_jobs(layout: Layout, raws: list, source: str = "submit", machine=None
     """
     apps = AppRegistry(layout.apps).pinned()
     store = Store(layout)
-    if machine is None:
-        try:
-            machine = settings_mod.machine_from_settings(settings_mod.load(layout.settings))
-        except settings_mod.SettingsError as e:
-            raise SubmitError(str(e)) from None
+    try:
+        conf = settings_mod.load(layout.settings)
+        if machine is None:
+            machine = settings_mod.machine_from_settings(conf)
+        locations = settings_mod.transfer_locations(conf)
+    except settings_mod.SettingsError as e:
+        raise SubmitError(str(e)) from None
     published: dict[str, str] = {}
     limbo = store.held_index()
     recs = []
@@ -76,7 +78,7 @@ def submit_jobs(layout: Layout, raws: list, source: str = "submit", machine=None
             rec = normalize(raw, src)
             minted = "id" not in raw                     # normalize made it just now
             _, where = check_job(rec, src, apps, store, machine, published, limbo,
-                                 minted=minted)
+                                 minted=minted, locations=locations)
         except InvalidJob as e:
             raise SubmitError(str(e)) from None
         published[rec["id"]] = where

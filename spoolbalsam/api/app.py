@@ -141,9 +141,6 @@ class ApplicationDefinition:
             raise bad("run", "define either run() or command_template, not both")
         if not has_run and tmpl is None:
             raise bad("command_template", "is required (or define run(self, ...))")
-        if cls.transfers:
-            raise bad("transfers", "not supported by spoolbalsam (no Globus transfers); stage "
-                      "files in preprocess() or before submitting")
         params = cls.parameters
         if not isinstance(params, dict):
             raise bad("parameters", "must be a dict of name -> {required, default, help}")
@@ -161,7 +158,7 @@ class ApplicationDefinition:
             d["command_template"] = tmpl.strip()
         if params:
             d["parameters"] = params
-        for key in ("environment_variables", "cleanup_files", "python_exe", "retry"):
+        for key in ("environment_variables", "cleanup_files", "python_exe", "retry", "transfers"):
             v = getattr(cls, key)
             if v:
                 d[key] = dict(v) if isinstance(v, dict) else (list(v) if isinstance(v, (list, tuple)) else v)
@@ -474,7 +471,8 @@ def _class_for(app: apps_mod.App, layout: Layout) -> type:
              "parameters": {k: dict(v) for k, v in app.parameters.items()},
              "environment_variables": dict(app.environment_variables),
              "cleanup_files": list(app.cleanup_files), "python_exe": app.python_exe,
-             "retry": dict(app.retry), "__module__": __name__}
+             "retry": dict(app.retry), "transfers": {k: dict(v) for k, v in app.transfers.items()},
+             "__module__": __name__}
     if app.shell_preamble:
         pre = app.shell_preamble
         attrs["shell_preamble"] = lambda self: pre

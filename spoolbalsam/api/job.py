@@ -50,12 +50,12 @@ SETTABLE_STATES = {S.READY, S.STAGED_IN, S.PREPROCESSED, S.RESTART_READY, S.POST
                    S.STAGED_OUT, S.JOB_FINISHED, S.FAILED}
 FIELDS = ("workdir", "parameters", "tags", "data", "num_nodes", "ranks_per_node",
           "threads_per_rank", "threads_per_core", "gpus_per_rank", "node_packing_count",
-          "launch_params", "wall_time_min", "parent_ids", "retry")
+          "launch_params", "wall_time_min", "parent_ids", "retry", "transfers")
 DEFAULTS = {"parameters": dict, "tags": dict, "data": dict, "launch_params": dict,
             "parent_ids": list, "num_nodes": 1, "ranks_per_node": 1, "threads_per_rank": 1,
             "threads_per_core": 1, "gpus_per_rank": 0, "node_packing_count": 1,
-            "wall_time_min": 0, "retry": None, "workdir": None}
-IGNORED_ARGS = ("return_code", "transfers", "site_path", "pending_file_cleanup")
+            "wall_time_min": 0, "retry": None, "workdir": None, "transfers": None}
+IGNORED_ARGS = ("return_code", "site_path", "pending_file_cleanup")
 
 
 class JobDoesNotExist(DoesNotExist):
@@ -205,6 +205,7 @@ class Job:
     last_update = _ReadOnly("last_update", "state_timestamp", conv=_epoch_dt)
     batch_job_id = _ReadOnly("batch_job_id", "batch_job")
     error = _ReadOnly("error")
+    transfer_items = _ReadOnly("transfer_items", conv=lambda v: [dict(i) for i in v or ()])
     attempt = _ReadOnly("attempt")
     history = _ReadOnly("history", conv=lambda v: list(v or ()))
     created_at = _ReadOnly("created_at", conv=_epoch_dt)
@@ -623,6 +624,11 @@ def _validated(changes: dict, rec: dict, layout: Layout, source: str) -> dict:
         if key == "parent_ids":
             if list(value or ()) != list(rec.get("parent_ids") or ()):
                 raise SubmitError(f"{source}: field 'parent_ids': can only be given when the "
+                                  "job is created")
+            continue
+        if key == "transfers":
+            if (value or {}) != (rec.get("transfers") or {}):
+                raise SubmitError(f"{source}: field 'transfers': can only be given when the "
                                   "job is created")
             continue
         if key == "app":

@@ -13,7 +13,8 @@ One ``tick(now)``:
 1. heartbeat (the lease counter);
 2. reap finished processes (their resources go to step 4 first, their verdicts are
    written after it): rc 0 -> event RUN_DONE + JOB_FINISHED, then rename to
-   ``done/``; rc != 0 -> RUN_ERROR, then the retry policy: back to ``ready/`` with
+   ``done/`` (a job with stage-out items: RUN_DONE + POSTPROCESSED marked ``stage_out``,
+   then rename to ``stageout/``, where the site stages its outputs out); rc != 0 -> RUN_ERROR, then the retry policy: back to ``ready/`` with
    ``attempt + 1`` or to ``failed/`` with the tail of job.out.  Events are written at once
    and synced *before* the renames, so a verdict is never lost; jobs that end within
    ``VERDICT_SYNC_SEC`` of each other share one fsync (their renames wait for it, their
@@ -55,6 +56,7 @@ from ..spool.layout import Layout
 from ..spool.lease import LeaseWriter, proc_start
 from ..spool.policy import after_failure, policy_for
 from ..spool.store import Store, read_job, read_job_stat, same_file
+from ..transfer.items import has_stage_out
 from . import pyapp, runner
 from .placement import NodePool, choose
 from .resources import NodeSpec, Request
@@ -488,6 +490,13 @@ class Launcher:
             rec = self.emit(rec, S.FAILED, msg=why, error=why)
             return lambda: self._finish(run, "failed", rec, ())
         wanted = (res or {}).get("state")
+        if (wanted is None and kind is None or wanted in (S.JOB_FINISHED, S.POSTPROCESSED)) \
+                and has_stage_out(rec):
+            # Its outputs leave before it is finished: the site stages them out from
+            # stageout/ (site.transfers), then finishes it and releases its children.
+            new = self.emit(rec, S.POSTPROCESSED, stage_out=True,
+                            msg=f"set by {hook}" if wanted else None)
+            return lambda: self._finish(run, "stageout", new if wanted else None, ())
         if wanted is None and kind is None:
             self.emit(rec, S.JOB_FINISHED)
             cleanup = app.cleanup_files if app else ()

@@ -35,6 +35,7 @@ from pathlib import Path
 import orjson
 
 from ..spool import fsio
+from ..spool import states as S
 from ..spool.ids import new_id
 from ..spool.record import InvalidJob, normalize
 from ..spool.store import BULK
@@ -172,7 +173,8 @@ class BulkIntake:
             n = rec.pop("_line")
             job_id = rec["id"]
             out, where = check_job(rec, f"{source} line {n}", apps, site.store,
-                                   site.machine, published, held_ids, intake=True)
+                                   site.machine, published, held_ids, intake=True,
+                                   locations=site.staging.locations)
             published[job_id] = where
             if out is None:
                 again.append(job_id)
@@ -186,13 +188,14 @@ class BulkIntake:
         lay = site.layout
         batch = fsio.Batch(lay.jobs, site.spares)
         for rec, where in chunk:
-            if where == "ready":
+            if where in ("ready", "stagein"):
                 site._make_workdir(rec)
             batch.add_json(lay.job_path(where, rec["id"]), rec)
         batch.commit()
         ready = False
         for rec, where in chunk:
-            site.index.add(rec, rec["state"])
+            site.index.add(rec, S.fine_state(where, rec["state"]))
+            site.staging.noticed(rec["id"], where)
             t.published[rec["id"]] = where
             ready = ready or where == "ready"
             if where == "waiting":

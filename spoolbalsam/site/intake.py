@@ -3,9 +3,11 @@
 ``check_job`` is the one validation every path uses: the site's intake of dropped files,
 ``spool job create`` and the Python API (which check before writing, so the user hears at
 once) all call it; the site re-checks on intake, since anything can write ``created/``.
-It decides where a valid job goes: ``ready``, ``waiting`` (a parent not done yet) or
-``failed`` (a parent failed).  Every refusal is an ``InvalidJob`` naming the source and
-the field.
+It decides where a valid job goes: ``ready``, ``stagein`` (its inputs are to be staged
+in first), ``waiting`` (a parent not done yet) or ``failed`` (a parent failed).  A job with
+``transfers`` gets its ``transfer_items`` here (``transfer.items.resolve``) against the
+app's slots and the site's ``locations``.  Every refusal is an ``InvalidJob`` naming the
+source and the field.
 """
 from __future__ import annotations
 
@@ -15,6 +17,7 @@ from ..spool import states as S
 from ..spool import fsio
 from ..spool.record import InvalidJob, transition
 from ..spool.store import BULK
+from ..transfer import items as transfer_items
 
 
 RESOURCE_FIELDS = ("num_nodes", "ranks_per_node", "threads_per_rank", "threads_per_core",
@@ -49,12 +52,13 @@ def _resource_problem(values: tuple, name: str, cpus: int, gpus: int) -> tuple[s
 
 def check_job(rec: dict, source: str, apps, store, machine, published: dict | None = None,
               limbo: dict | None = None, intake: bool = False,
-              minted: bool = False) -> tuple[dict | None, str]:
+              minted: bool = False, locations: dict | None = None) -> tuple[dict | None, str]:
     """(record in its first state, directory) — or (None, dir) if it is already in the site
     from this very file (``intake_digest`` matches: a crash after publishing).  ``intake``:
     the caller is the site taking the job in, not a submitter checking before the drop.
     ``minted``: the caller has just generated the id (``ids.new_id``, 80 random bits), so it
-    is not looked up; the site's intake looks up every id it takes in."""
+    is not looked up; the site's intake looks up every id it takes in.  ``locations``: the
+    site's transfer locations (``settings.transfer_locations``)."""
     published = published if published is not None else {}
     job_id = rec["id"]
     if job_id in published:
@@ -93,6 +97,13 @@ def check_job(rec: dict, source: str, apps, store, machine, published: dict | No
     bad = resource_problem(rec, machine)
     if bad:
         raise InvalidJob(source, bad[0], bad[1])
+    if rec.get("transfers") or app.transfers:
+        try:
+            items = transfer_items.resolve(rec.get("transfers") or {}, app.transfers,
+                                           locations or {}, rec["workdir"], app.name)
+        except ValueError as e:
+            raise InvalidJob(source, "transfers", str(e)) from None
+        rec = {**rec, "transfer_items": items} if items else rec
     failed_parent, waiting = None, False
     for p in rec["parent_ids"]:
         if p == job_id:
@@ -112,7 +123,13 @@ def check_job(rec: dict, source: str, apps, store, machine, published: dict | No
         return transition(rec, S.FAILED, "site", msg, error=msg), "failed"
     if waiting:
         return transition(rec, S.AWAITING_PARENTS, "site"), "waiting"
-    return transition(rec, S.READY, "site"), "ready"
+    return transition(rec, S.READY, "site"), first_dir(rec)
+
+
+def first_dir(rec: dict) -> str:
+    """Where a job whose parents are all done goes: ``stagein`` while it has inputs to
+    stage in (launchers never look there), else ``ready``."""
+    return "stagein" if transfer_items.stage_in_left(rec) else "ready"
 
 
 def parents_first(items: list, rec=lambda item: item) -> tuple[list, list]:

@@ -16,6 +16,12 @@ One ``tick()`` does, in order:
    ``ready/`` with ``attempt + 1`` (or ``failed/`` when the retry policy is spent).
 4. **batch jobs** — pending submissions go to the scheduler; ended allocations are noticed.
 
+Between merge and liveness, **staging** (``site.transfers``) collects finished transfer
+tasks, moves jobs out of ``stagein/`` and ``stageout/`` and submits new tasks, never waiting
+on a copy.  A job with stage-in items is published to ``stagein/`` instead of ``ready/``;
+a launcher's verdict ``POSTPROCESSED`` + ``stage_out`` is merged into ``stageout/`` and
+releases no children.
+
 Whatever steps 1-3 put into ``ready/`` is announced on the ready bell (``spool.bell``).
 Every move the site makes or learns of (its own, the launchers' events, the hints CLI and
 API processes leave) goes into the query index (``spool.index``), one log line per tick; a
@@ -48,7 +54,8 @@ from ..spool.ids import new_id, valid_id
 from ..spool.layout import MARKER, Layout
 from ..spool.lease import DEAD, EXITED, LeaseJudge, read_lease
 from .bulk import BulkIntake
-from .intake import check_job, parents_first
+from .intake import check_job, first_dir, parents_first
+from .transfers import Staging, verdict_dir
 from ..spool.policy import after_failure, policy_for
 from ..spool.record import InvalidJob, normalize, transition, user_view
 from ..spool.store import BULK, Store, read_job
@@ -59,7 +66,6 @@ INTAKE_BURST = 64        # a tick that took in this many looks again at once, un
 INTAKE_BUDGET = 1.0      # seconds of intake per tick before merges and liveness get a turn
 SETTLE_PERIOD = 30.0     # seconds between backstop checks of every waiting job's parents
 INDEX_CHECK_PERIOD = 600.0   # seconds for the background check to cover every bucket once
-FINAL = (S.JOB_FINISHED, S.FAILED)
 
 
 def job_processes(site_root: Path, job_ids: set[str]) -> list[int]:
@@ -111,6 +117,7 @@ class Site:
         index_settings = settings.get("index") or {}
         self.check_every = index_settings.get("check_period_sec", INDEX_CHECK_PERIOD) / 256
         self.compact_min = int(index_settings.get("compact_min", COMPACT_MIN))
+        self.staging = Staging(self)             # stagein/ and stageout/ (site.transfers)
 
     # ---- start-up -------------------------------------------------------------------------
     def recover(self) -> None:
@@ -133,6 +140,7 @@ class Site:
             self._settle_waiting(rec["id"])
         self._finish_other_limbos()
         self._sweep_temps()
+        self.staging.recover()
         self.store.ring()       # for a publish whose ring a crash of ours cut off
         t = time.monotonic()
         fixed = self.index.reconcile()
@@ -221,6 +229,7 @@ class Site:
                 break
             taken += n
         counts = {"intake": taken, "merged": self.merge()}
+        counts["staged"] = self.staging.tick(now)
         counts["revoked"] = self.check_launchers(now)
         if now >= self.next_settle:
             self.next_settle = now + SETTLE_PERIOD
@@ -278,7 +287,8 @@ class Site:
             job_id = rec["id"]
             try:
                 rec, where = check_job(rec, f"jobs/created/{name}", apps, self.store,
-                                       self.machine, published, limbo, intake=True)
+                                       self.machine, published, limbo, intake=True,
+                                       locations=self.staging.locations)
             except InvalidJob as e:
                 self._reject(src, name, str(e))
                 continue
@@ -287,9 +297,9 @@ class Site:
                 again.append(job_id)
                 count += 1
                 continue
-            if where == "ready":
+            if where in ("ready", "stagein"):
                 self._make_workdir(rec)
-            if canonical and where == "ready":
+            if canonical and where == "ready" and "transfer_items" not in rec:
                 # Published as dropped: the file already is the record's user view, so it
                 # becomes the record by rename, dated by its mtime (record.published_as_
                 # dropped) -- no new file and nothing to delete.  A crash before the
@@ -309,11 +319,13 @@ class Site:
                     self.children.setdefault(p, set()).add(rec["id"])
         batch.commit()
         for rec in records:
-            self.index.add(rec, rec["state"])
+            self.index.add(rec, S.fine_state(published[rec["id"]], rec["state"]))
         if again:
             self.index.refresh(self.layout, again, self.store)
         if "ready" in published.values():
             self.store.ring()
+        for job_id, where in published.items():
+            self.staging.noticed(job_id, where)
         for src in taken:
             self.spares.give(src)
         # race: a parent may have finished between our look at it and the publication of
@@ -411,7 +423,7 @@ class Site:
                 if "job" in ev and "to" in ev:
                     by_job.setdefault(ev["job"], []).append(ev)
             for job_id, evs in by_job.items():
-                if evs[-1]["to"] in FINAL:
+                if verdict_dir(evs[-1]):
                     merged += self._merge_final(job_id, evs, batch, settled)
             self.index.note_events(events)
             self.offsets[launcher] = end
@@ -421,7 +433,10 @@ class Site:
         if changed:
             save_merge_state(self.layout, self.offsets, self.unsettled)
         for job_id, where in settled:
-            (self._release_children if where == "done" else self._fail_children)(job_id)
+            if where == "stageout":
+                self.staging.noticed(job_id, where)    # children wait for its stage-out
+            else:
+                (self._release_children if where == "done" else self._fail_children)(job_id)
         return merged
 
     def _merge_final(self, job_id: str, evs: list[dict], batch, settled: list) -> int:
@@ -432,7 +447,7 @@ class Site:
         # ``unsettled`` and looked at again every tick until the rename has happened (or the
         # job was revoked, when the verdict is dropped: the record's attempt moved on).
         """
-        where = "done" if evs[-1]["to"] == S.JOB_FINISHED else "failed"
+        where = verdict_dir(evs[-1])
         path = self.layout.job_path(where, job_id)
         try:
             rec = read_job(path, where, retry=False)   # absent: not renamed yet, see above
@@ -454,7 +469,7 @@ class Site:
             loc = self.store.locate(job_id)
             if loc is None or loc[0] in ("ready", "waiting", "created"):
                 self.unsettled.pop(job_id)      # revoked or removed meanwhile
-            elif loc[0] in ("done", "failed"):
+            elif loc[0] in ("done", "failed", "stageout"):
                 del self.unsettled[job_id]
                 n += self._merge_final(job_id, evs, batch, settled)
         return n
@@ -489,8 +504,10 @@ class Site:
             return
         new = transition(rec, S.READY, "site", "all parents finished")
         self._make_workdir(new)
-        if self.store.move_rewrite(path, self.layout.job_path("ready", child), new, self.limbo):
-            self.index.moved(child, S.READY, new.get("attempt", 1))
+        dest = first_dir(new)
+        if self.store.move_rewrite(path, self.layout.job_path(dest, child), new, self.limbo):
+            self.index.moved(child, S.fine_state(dest, S.READY), new.get("attempt", 1))
+            self.staging.noticed(child, dest)
 
     def _make_workdir(self, rec: dict) -> None:
         """Create a job's ``data/<workdir>/`` as it becomes ready (as Balsam's site does):
@@ -589,10 +606,13 @@ class Site:
             new = rec
             for ev in evs:
                 new = apply_event(new, ev)
-            where = "done" if evs[-1]["to"] == S.JOB_FINISHED else "failed"
+            where = verdict_dir(evs[-1])
             if self.store.move_rewrite(src, self.layout.job_path(where, job_id), new, self.limbo):
                 self.index.moved(job_id, new["state"], new.get("attempt", 1))
-                (self._release_children if where == "done" else self._fail_children)(job_id)
+                if where == "stageout":
+                    self.staging.noticed(job_id, where)
+                else:
+                    (self._release_children if where == "done" else self._fail_children)(job_id)
             return 1
         msg = f"launcher {launcher} {why} while the job was claimed"
         app = self.apps.get(rec["app"])
@@ -622,6 +642,7 @@ class Site:
         """Tick until ``stop`` is set; ``wake`` (set by a file watcher) cuts a wait short."""
         interval = interval or self.settings.get("poll_interval_sec", 1.0)
         wake = wake or threading.Event()
+        self.staging.wake = wake                 # transfer backends wake the loop
         self.recover()
         next_look = 0.0
         while not stop.is_set():
@@ -644,6 +665,7 @@ class Site:
             period = 0.02 if self.unsettled else interval
             wake.wait(timeout=max(0.0, period - (time.monotonic() - started)))
             wake.clear()
+        self.staging.close()
         self.events.close()
         if self._index is not None:
             self._index.close()

@@ -25,7 +25,7 @@ from .record import transition
 RUN_ENDS = ("RUN_DONE", "RUN_ERROR", "RUN_TIMEOUT")
 DETAIL_FIELDS = ("return_code", "host", "launcher", "batch_job", "started_at", "ended_at",
                  "error", "placement", "affinity", "retries", "result", "exception",
-                 "data")
+                 "data", "transfer_items")
 
 
 def already_applied(rec: dict, ev: dict) -> bool:

@@ -9,9 +9,11 @@
       jobs/created/ID.json        intake: anyone drops files here (write .ID.tmp, then rename)
       jobs/created/NAME.jsonl     a bulk drop: one job per line (``site.bulk``)
       jobs/waiting/BB/ID.json     AWAITING_PARENTS            BB = shard(ID), 256 buckets
+      jobs/stagein/BB/ID.json     READY, inputs being staged in (site only; never claimed)
       jobs/ready/BB/ID.json       runnable
       jobs/ready.bell             grows a byte whenever jobs come into ready/ (``bell``)
       jobs/running/L/ID.json      claimed by launcher L (the directory names the owner)
+      jobs/stageout/BB/ID.json    POSTPROCESSED, outputs being staged out (spool.states)
       jobs/done/BB/ID.json        JOB_FINISHED
       jobs/failed/BB/ID.json      FAILED
       jobs/rejected/NAME          refused drops, byte for byte, + NAME.reason (one line)
@@ -47,6 +49,7 @@ from .ids import SHARDS, shard
 from .states import SHARDED_DIRS
 
 MARKER = ".spool-site"
+LAUNCHER_DESTINATIONS = ("done", "failed", "stageout")
 
 
 class SiteNotFound(Exception):
@@ -124,7 +127,7 @@ class Layout:
 
     def make(self) -> None:
         """The tree, with every bucket of the launchers' destinations (``done/``,
-        ``failed/``): no launcher creates a directory in its loop.  The site creates the
+        ``failed/``, ``stageout/``): no launcher creates a directory in its loop.  The site creates the
         buckets of ``waiting/`` and ``ready/`` as it first publishes into them, so an idle
         launcher's pass over ``ready/`` lists only buckets that have held work.  (Any
         writer that finds a bucket missing creates it.)"""
@@ -132,7 +135,7 @@ class Layout:
                     "jobs/rejected", "apps", "data", "log", "batch", "launchers", "site/limbo",
                     "site/intake"):
             (self.root / sub).mkdir(parents=True, exist_ok=True)
-        for state in ("done", "failed"):
+        for state in LAUNCHER_DESTINATIONS:
             for n in range(SHARDS):
                 (self.root / "jobs" / state / f"{n:02x}").mkdir(parents=True, exist_ok=True)
 

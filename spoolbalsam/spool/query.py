@@ -26,7 +26,7 @@ from .events import overlay, unmerged_events
 from .layout import Layout
 from .store import BULK, Store, bulk_ids, bulk_record, read_job
 
-JOB_DIRS = ("created", "waiting", "ready", "running", "done", "failed")
+JOB_DIRS = ("created", "waiting", "stagein", "ready", "running", "stageout", "done", "failed")
 
 
 @dataclass
@@ -46,11 +46,12 @@ class Filter:
         dirs, fine = set(), set()
         for name in names:
             d, f = S.parse_state(name)
-            dirs.add(d)
             if f:
+                dirs.update(S.STATE_DIRS[f])
                 fine.add(f)
             else:
-                fine.update(s for s, dd in S.STATE_DIR.items() if dd == d)
+                dirs.add(d)
+                fine.update(s for s, dd in S.STATE_DIRS.items() if d in dd)
         if not names:
             return cls(**kw)
         order = JOB_DIRS + ("rejected",)

@@ -5,9 +5,11 @@ A record is one JSON object.  Fields a submitter may give (with Balsam's default
     app (or app_id)  workdir  parameters{}  tags{}  num_nodes=1  ranks_per_node=1
     threads_per_rank=1  threads_per_core=1  gpus_per_rank=0  node_packing_count=1
     launch_params{}  wall_time_min=0  parent_ids[]  data{}  retry{errors, timeouts}  id
+    transfers{slot: "ALIAS:/path"}    (Balsam's transfer items; absent unless given)
 
 Fields the system keeps: ``state attempt return_code launcher batch_job host created_at
-state_timestamp started_at ended_at error retries{errors,timeouts} placement history[]``.
+state_timestamp started_at ended_at error retries{errors,timeouts} placement history[]``,
+and ``transfer_items[]`` for a job with transfers (``spoolbalsam.transfer.items``).
 ``history`` holds the last ``HISTORY_MAX`` transitions ``{t, from, to, by, msg}``; the full
 story is in the per-writer event logs.
 
@@ -28,6 +30,7 @@ import math
 import posixpath
 import time
 
+from ..transfer.items import check_job_transfers
 from .ids import new_id, valid_id
 
 HISTORY_MAX = 16
@@ -148,12 +151,15 @@ USER_FIELDS = {
     "parent_ids": (list, _parents),
     "data": (dict, _any_json),
     "retry": (None, _retry),
+    "transfers": (None, check_job_transfers),
 }
+OPTIONAL_FIELDS = ("retry", "transfers")      # absent unless given
 ALIASES = {"app_id": "app"}
 IGNORED = {"site_name", "site_id"}      # accepted for Balsam compatibility
 SYSTEM_FIELDS = ("id", "state", "attempt", "return_code", "launcher", "batch_job", "host",
                  "created_at", "state_timestamp", "started_at", "ended_at", "error",
-                 "retries", "placement", "affinity", "history", "result", "exception")
+                 "retries", "placement", "affinity", "history", "result", "exception",
+                 "transfer_items")
 
 
 def _bad(msg: str):
@@ -181,7 +187,7 @@ def normalize(raw: object, source: str, *, default_id: str | None = None) -> dic
         if key not in rec:
             raise InvalidJob(source, key, "is required")
     for key, (default, _) in USER_FIELDS.items():
-        if key not in rec and key != "retry":
+        if key not in rec and key not in OPTIONAL_FIELDS:
             rec[key] = default() if callable(default) else default
     job_id = raw.get("id", default_id)
     if job_id is None:

@@ -8,12 +8,23 @@ directory          coarse state    finer Balsam states shown there
 =================  ==============  ===============================================
 jobs/created/      CREATED         CREATED (not yet validated by the site)
 jobs/waiting/      AWAITING_PARENTS
+jobs/stagein/      READY           READY: inputs being staged in (Balsam's READY)
 jobs/ready/        READY           READY, STAGED_IN, PREPROCESSED, RESTART_READY
 jobs/running/L/    RUNNING         RUNNING, RUN_DONE, RUN_ERROR, RUN_TIMEOUT (in flight)
-jobs/done/         JOB_FINISHED    JOB_FINISHED, RUN_DONE, POSTPROCESSED, STAGED_OUT
+jobs/stageout/     POSTPROCESSED   POSTPROCESSED: outputs being staged out
+jobs/done/         JOB_FINISHED    JOB_FINISHED, RUN_DONE, STAGED_OUT
 jobs/failed/       FAILED          FAILED (the record says why, and which attempt)
 jobs/rejected/     REJECTED        not a job: a dropped file the site refused
 =================  ==============  ===============================================
+
+The two staging directories hold the jobs whose transfer items are moving
+(``spoolbalsam.site.transfers``).  Launchers never list them, so a job waiting for its
+inputs cannot be claimed, and a job waiting for its outputs to leave is not in ``done/``,
+so its children are not released before its stage-out.  ``stagein/`` is written by the site
+only; launchers rename a run job that has stage-out items into ``stageout/`` (as they rename
+into ``done/``), and the site writes and moves it from there.  Both are sharded like
+``ready/``.  ``spool job ls --state stagein`` (or ``stageout``) lists them; ``--state
+POSTPROCESSED`` lists ``stageout/``.
 """
 from __future__ import annotations
 
@@ -37,8 +48,10 @@ REJECTED = "REJECTED"
 DIR_STATE = {
     "created": CREATED,
     "waiting": AWAITING_PARENTS,
+    "stagein": READY,
     "ready": READY,
     "running": RUNNING,
+    "stageout": POSTPROCESSED,
     "done": JOB_FINISHED,
     "failed": FAILED,
     "rejected": REJECTED,
@@ -48,17 +61,23 @@ STATE_DIR = {
     AWAITING_PARENTS: "waiting",
     READY: "ready", STAGED_IN: "ready", PREPROCESSED: "ready", RESTART_READY: "ready",
     RUNNING: "running", RUN_DONE: "running", RUN_ERROR: "running", RUN_TIMEOUT: "running",
-    POSTPROCESSED: "done", STAGED_OUT: "done", JOB_FINISHED: "done",
+    POSTPROCESSED: "stageout", STAGED_OUT: "done", JOB_FINISHED: "done",
     FAILED: "failed",
     REJECTED: "rejected",
 }
 ALL_STATES = tuple(STATE_DIR)
-SHARDED_DIRS = ("waiting", "ready", "done", "failed")
+# Every directory a fine state can be shown in: its own (STATE_DIR), and the directories
+# whose coarse state it is (READY is also the state of jobs in stagein/).
+STATE_DIRS = {s: tuple(dict.fromkeys([d] + [dd for dd, c in DIR_STATE.items() if c == s]))
+              for s, d in STATE_DIR.items()}
+SHARDED_DIRS = ("waiting", "stagein", "ready", "stageout", "done", "failed")
+STAGING_DIRS = ("stagein", "stageout")
 TERMINAL_DIRS = ("done", "failed")
 
 
 def parse_state(text: str) -> tuple[str, str | None]:
-    """``--state`` value -> (directory, fine state or None).
+    """``--state`` value -> (directory, fine state or None); a fine state may also be shown
+    in other directories (``STATE_DIRS``).
 
     Accepts Balsam's names in any case (``JOB_FINISHED``, ``run_error``) and the directory
     names (``ready``, ``done``); raises ValueError naming the accepted values.

@@ -157,12 +157,13 @@ class Store:
         at only when the job is found nowhere else.
 
         # race: the job may move while we look.  The directories are looked at in the
-        # order jobs move forward through them (created, the site's intake, waiting, ready,
-        # running/L, done, failed), so a forward move between two looks is seen by the
-        # later one: a parent
-        # renamed from running/L/ into done/ is not missed.  Jobs move backwards only into
-        # ready/ (a retry, a revoke, an unstarted claim returned), so ready/ is looked at
-        # once more at the end.  Only two moves within one pass (microseconds) can hide a
+        # order jobs move forward through them (created, the site's intake, waiting, stagein,
+        # ready, running/L, stageout, done, failed), so a forward move between two looks is
+        # seen by the later one: a parent renamed from running/L/ into done/ is not missed.
+        # Jobs move backwards only into ready/ (a retry, a revoke, an unstarted claim
+        # returned) or stagein/ (a retry with inputs to stage again; the CLI's, never
+        # while the site looks for a parent that is done), so ready/ is looked at once more
+        # at the end.  Only two moves within one pass (microseconds) can hide a
         # job.
         """
         lay, exists = self.layout, os.path.exists
@@ -170,13 +171,13 @@ class Store:
         if exists(p):
             return "created", Path(p)
         if self.see_intake:
-            # A drop moves created/ -> site/intake/ -> waiting|ready|failed: looked at here,
+            # A drop moves created/ -> site/intake/ -> waiting|stagein|ready|failed: looked at here,
             # in that order, it is not missed while the site validates and publishes it.
             tail = f"~{job_id}.json"
             for name in fsio.list_names(lay.site_dir / "intake"):
                 if name.endswith(tail):
                     return "created", lay.site_dir / "intake" / name
-        for state in ("waiting", "ready"):
+        for state in ("waiting", "stagein", "ready"):
             p = lay.job_file(state, job_id)
             if exists(p):
                 return state, Path(p)
@@ -184,7 +185,7 @@ class Store:
             p = lay.job_file("running", job_id, launcher)
             if exists(p):
                 return "running", Path(p)
-        for state in ("done", "failed", "ready"):
+        for state in ("stageout", "done", "failed", "ready"):
             p = lay.job_file(state, job_id)
             if exists(p):
                 return state, Path(p)
