@@ -21,7 +21,8 @@ from spoolbalsam.transfer import items as T
 from spoolbalsam.transfer.base import BLOCKED, PERMANENT, TRANSIENT, Backend, Move, Outcome, TaskStatus
 from spoolbalsam.transfer.local import LocalBackend, place
 
-from helpers import (drop, edit_settings, ids_in, job, kill9, locate, make_site, pid_alive,
+from helpers import (REPO, drop, edit_settings, ids_in, job, kill9, layout, locate, make_site,
+                     pid_alive,
                      reap_site_processes, record, rejected_entries, site_info, site_obj, spool,
                      start_launcher, start_site, stop_site, temps_under, wait_for, write_app)
 
@@ -430,7 +431,6 @@ def _history(rec: dict) -> list[str]:
 
 def shown(site: Path, job_id: str) -> dict:
     """The job as readers see it (launcher events the site has not merged yet applied)."""
-    from helpers import layout
     [rec] = select(layout(site), Filter(ids={job_id}))
     return rec
 
@@ -528,3 +528,30 @@ def test_kill9_of_the_site_mid_copy_loses_nothing_and_stages_once(xsite):
     item = rec["transfer_items"][0]
     assert (item["state"], item["attempts"]) == ("done", 2)         # the crash cost one attempt
     assert (workdir / "result.txt").read_bytes() == data
+
+
+def test_the_guide_workflow_with_staged_files_runs_end_to_end(tmp_path):
+    """demo/staging.py: the Aurora guide's ensemble, each echo job with a greeting staged in
+    from "Flare" and its job.out staged out to "home", run by a real site and launcher."""
+    import subprocess
+    import sys
+    site = tmp_path / "demo-staging"
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+    try:
+        res = subprocess.run([sys.executable, str(REPO / "demo" / "staging.py"), "--site",
+                              str(site), "--timeout", "120"], capture_output=True, text=True,
+                             timeout=240, env=env, cwd=tmp_path)
+    finally:
+        reap_site_processes(site)
+    assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]
+    by_state = dict(ln.split() for ln in spool(site, "job", "ls", "--by-state").stdout.splitlines())
+    assert by_state["done"] == "25" and by_state["failed"] == "0"
+    home = tmp_path / "demo-staging-data" / "home" / "results"
+    for n in range(24):
+        assert (home / f"echo_hello{n}.out").read_text().startswith(
+            f"Hello, world {n}!! (greeting {n}, staged in from Flare)")
+    echo = [r for r in select(layout(site), Filter(states={"JOB_FINISHED"}))
+            if r["app"] == "EchoHello"]
+    assert len(echo) == 24 and all(
+        [h["to"] for h in r["history"]][:2] == ["READY", "STAGED_IN"] for r in echo)
+    assert "staged out: " in res.stdout and "(greeting 3, staged in from Flare)" in res.stdout
