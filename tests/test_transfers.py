@@ -555,3 +555,10 @@ def test_the_guide_workflow_with_staged_files_runs_end_to_end(tmp_path):
     assert len(echo) == 24 and all(
         [h["to"] for h in r["history"]][:2] == ["READY", "STAGED_IN"] for r in echo)
     assert "staged out: " in res.stdout and "(greeting 3, staged in from Flare)" in res.stdout
+
+
+def test_a_site_made_before_stageout_existed_gets_its_buckets_at_start(xsite):
+    site, remote = xsite
+    shutil.rmtree(site / "jobs" / "stageout")
+    site_obj(site).recover()
+    assert len(os.listdir(site / "jobs" / "stageout")) == 256

@@ -224,3 +224,48 @@ def test_the_site_stages_in_through_globus_end_to_end(tmp_path):
     finally:
         s.staging.close()
         reap_site_processes(site)
+
+
+# ---- credentials ----------------------------------------------------------------------------
+def test_globus_login_keeps_the_refresh_token_private_and_the_site_uses_it(tmp_path, monkeypatch):
+    from urllib.parse import unquote
+
+    from globus_sdk.testing import get_response_set
+
+    from spoolbalsam.transfer.globus import globus_login, transfer_client
+    monkeypatch.setenv("SPOOL_GLOBUS_TOKENS", str(tmp_path / "g" / "tokens.json"))
+    client_id = "c0ffee00-0000-4000-8000-000000000001"
+    recorded = get_response_set("auth.oauth2_exchange_code_for_tokens").lookup("default")
+    # EDITED from the recorded token response: a refresh token added (login asks for one)
+    RegisteredResponse(service="auth", method="POST", path="/v2/oauth2/token",
+                       json={**recorded.json, "refresh_token": "transfer_refresh_token"}).add()
+    said: list[str] = []
+    globus_login(client_id, [REMOTE_EP], ask=lambda prompt: "the-code", say=said.append)
+    url = unquote(said[0])
+    assert f"client_id={client_id}" in url and \
+        f"transfer.api.globus.org:all[*https://auth.globus.org/scopes/{REMOTE_EP}/data_access]" in url
+    token_file = tmp_path / "g" / "tokens.json"
+    assert (token_file.stat().st_mode & 0o777) == 0o600
+    saved = json.loads(token_file.read_text())[client_id]
+    assert saved["refresh_token"] == "transfer_refresh_token" and saved["collections"] == [REMOTE_EP]
+    load_response("transfer.get_submission_id")
+    transfer_client(client_id).get_submission_id()
+    assert get_last_request().headers["Authorization"] == "Bearer transfer_access_token"
+
+
+def test_without_a_login_the_backend_is_blocked_with_the_command_to_run(tmp_path, monkeypatch):
+    from spoolbalsam.transfer.base import BackendError
+    from spoolbalsam.transfer.globus import transfer_client
+    monkeypatch.setenv("SPOOL_GLOBUS_TOKENS", str(tmp_path / "none.json"))
+    with pytest.raises(BackendError) as e:
+        transfer_client("c0ffee00-0000-4000-8000-000000000001")
+    assert e.value.kind == BLOCKED and "spool site globus-login" in str(e.value)
+    with pytest.raises(BackendError, match="globus_client_id is not set"):
+        transfer_client(None)
+
+
+def test_site_globus_login_needs_a_client_id(tmp_path):
+    from helpers import spool
+    site = make_site(tmp_path / "S", apps={})
+    res = spool(site, "site", "globus-login", expect=1)
+    assert "transfers.globus_client_id: is not set" in res.stderr

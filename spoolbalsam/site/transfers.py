@@ -61,6 +61,7 @@ from pathlib import Path
 from ..spool import fsio
 from ..spool import states as S
 from ..spool.events import apply_event
+from ..spool.ids import SHARDS
 from ..spool.store import LIMBO_SEP, read_job
 from ..transfer import items as T
 from ..transfer.base import BLOCKED, PERMANENT, Move, TaskStatus, new_task_id
@@ -140,7 +141,12 @@ class Staging:
 
     # ---- start and stop -------------------------------------------------------------------
     def recover(self) -> None:
-        """Adopt every job in the two directories (after a start, or a crash)."""
+        """Adopt every job in the two directories (after a start, or a crash).  A site made
+        before stageout/ existed gets its buckets now, so no launcher makes one."""
+        out = self.layout.state_dir("stageout")
+        if not out.exists():
+            for n in range(SHARDS):
+                (out / f"{n:02x}").mkdir(parents=True, exist_ok=True)
         self.scan(time.monotonic())
 
     def close(self) -> None:
@@ -216,7 +222,10 @@ class Staging:
         now = time.monotonic() if now is None else now
         for job_id, where in list(self.incoming.items()):
             del self.incoming[job_id]
-            self.jobs.pop(job_id, None)
+            known = self.jobs.get(job_id)
+            if known is not None and known.where == where:
+                continue                  # already ours: its items' progress is in memory
+            self._forget(job_id)
             self._adopt(job_id, where, None, now)
         if now >= self.next_scan:
             self.scan(now)

@@ -341,7 +341,10 @@ def globus_login(client_id: str, collections: list[str], ask=input, say=print) -
     auth.oauth2_start_flow(requested_scopes=scopes_for(collections), refresh_tokens=True)
     say(f"Open this URL, log in, and paste the code it shows:\n\n  {auth.oauth2_get_authorize_url()}\n")
     code = ask("Code: ").strip()
-    tokens = auth.oauth2_exchange_code_for_tokens(code).by_resource_server[TRANSFER_RESOURCE]
+    tokens = auth.oauth2_exchange_code_for_tokens(code).by_resource_server.get(TRANSFER_RESOURCE)
+    if not tokens or not tokens.get("refresh_token"):
+        raise BackendError("Globus returned no refresh token for the Transfer service; the "
+                           "site could not renew its access; log in again", PERMANENT)
     try:
         data = orjson.loads(tokens_path().read_bytes())
     except (FileNotFoundError, ValueError):
