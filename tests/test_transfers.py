@@ -342,11 +342,21 @@ def test_readers_see_staging_jobs_by_balsam_state_and_directory(xsite):
                           "transfers": {"input": f"remote:{remote}/in/a.dat"}})
     s.tick(1.0)
     assert query_counts(s.layout)["stagein"] == 1
-    out = spool(site, "job", "ls", "--state", "stagein").stdout
-    assert "j " in out and "READY" in out
+    for state in ("stagein", "STAGING_IN", "staging_in"):
+        out = spool(site, "job", "ls", "--state", state).stdout
+        assert "j " in out and "STAGING_IN" in out
     assert "No jobs match" in spool(site, "job", "ls", "--state", "ready").stdout
     shown = json.loads(spool(site, "job", "ls", "--json", "-i", "j").stdout)
-    assert shown["_dir"] == "stagein" and shown["transfer_items"][0]["state"] == "active"
+    assert shown["_dir"] == "stagein" and shown["state"] == "STAGING_IN"
+    assert shown["transfer_items"][0]["state"] == "active"
+    assert [h["to"] for h in shown["history"]] == ["READY"]       # Balsam's state, recorded
+    from spoolbalsam.api import Job
+    assert [j.id for j in Job.objects.filter(state="STAGING_IN", site_name=str(site))] == ["j"]
+    # the site's query index agrees with the directories
+    from spoolbalsam.spool import index
+    s.index.flush(s.offsets)
+    assert index.verify(s.layout) == []
+    assert index.load(s.layout).counts().get("STAGING_IN") == 1
 
 
 # ---- the local backend --------------------------------------------------------------------------
@@ -468,6 +478,8 @@ def test_stage_in_run_stage_out_and_children_wait_for_the_stage_out(xsite):
     finished = p["history"][-1]["t"]
     assert min(h["t"] for h in c["history"] if h["to"] == "RUNNING") > finished
     assert temps_under(remote) == []
+    from spoolbalsam.spool import index
+    assert index.verify(layout(site)) == []        # the query index followed every move
 
 
 def test_a_missing_source_fails_the_job_naming_slot_and_path(xsite):
@@ -528,6 +540,8 @@ def test_kill9_of_the_site_mid_copy_loses_nothing_and_stages_once(xsite):
     item = rec["transfer_items"][0]
     assert (item["state"], item["attempts"]) == ("done", 2)         # the crash cost one attempt
     assert (workdir / "result.txt").read_bytes() == data
+    from spoolbalsam.spool import index
+    assert index.verify(layout(site)) == []
 
 
 def test_the_guide_workflow_with_staged_files_runs_end_to_end(tmp_path):

@@ -56,7 +56,7 @@ ORDER_KEYS = {"id": "id", "state": "state", "workdir": "workdir", "created": "cr
 UPDATABLE = ("workdir", "parameters", "tags", "data", "num_nodes", "ranks_per_node",
              "threads_per_rank", "threads_per_core", "gpus_per_rank", "node_packing_count",
              "launch_params", "wall_time_min", "retry")
-_ALL_FINE = {d: {s for s, dd in S.STATE_DIRS.items() if d in dd} for d in JOB_DIRS}
+_ALL_FINE = {d: {s for s, dd in S.STATE_DIR.items() if dd == d} for d in JOB_DIRS}
 
 
 def _as_list(v) -> list:
@@ -199,7 +199,7 @@ class Conditions:
     def dirs(self) -> tuple[str, ...]:
         if self.states is None:
             return JOB_DIRS
-        wanted = {d for s in self.states for d in S.STATE_DIRS[s]}
+        wanted = {S.STATE_DIR[s] for s in self.states}
         return tuple(d for d in JOB_DIRS if d in wanted)
 
     def to_filter(self) -> Filter:

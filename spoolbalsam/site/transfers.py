@@ -4,7 +4,8 @@ transfer items (Balsam's transfers, without a database).
 States and directories (``spool.states``)
 -----------------------------------------
 * A job whose app has stage-in items goes, once its parents are done, to ``stagein/`` in
-  state READY (Balsam's "waiting for stage-in") instead of ``ready/``.  Launchers never
+  state READY (Balsam's "waiting for stage-in"; shown STAGING_IN, the directory's state)
+  instead of ``ready/``.  Launchers never
   list ``stagein/``.  When every stage-in item is ``done`` the site moves it to ``ready/``
   as STAGED_IN (and rings the ready bell); from there it runs like any job.
 * A run job with stage-out items is renamed by its launcher into ``stageout/`` (not
@@ -43,6 +44,11 @@ never seen half-copied and never staged twice into the job's view.  A Globus tas
 with its Globus id is polled again.  A job whose stage-in finished just before the crash
 is moved at the next tick.  The cost of a crash is at most one repeated copy per item in
 flight, and one ``attempts`` of each.
+
+Order within a tick: finished tasks are collected, new tasks are planned (their items marked
+``active`` with the task's id), every changed record is written (events first), and only
+then are the planned tasks handed to their backends.  So no copy ever runs for an item
+whose record does not say ``active`` in that task.
 
 The loop never waits on a copy: backends work on their own threads (``transfer.base``) and
 wake the site when a task ends.  ``tick`` costs nothing while no job is staging, and looks at
@@ -128,6 +134,7 @@ class Staging:
         self.next_scan = 0.0
         self.wake = None                        # the site loop's wake-up (set by run)
         self._backend_error: dict[str, str] = {}  # scheme -> why it could not be made
+        self.planned: list[tuple] = []          # tasks to start once their records are out
 
     # ---- what the rest of the site tells us ------------------------------------------------
     def noticed(self, job_id: str, where: str) -> None:
@@ -240,7 +247,9 @@ class Staging:
         for scheme, backend in self.backends.items():
             if backend.period and now >= self.next_pass[scheme]:
                 self.next_pass[scheme] = now + backend.period
-        return self._write()
+        moved = self._write()
+        self._start_planned()
+        return moved
 
     def _apply(self, st: TaskStatus, now: float) -> None:
         task = self.tasks.get(st.task_id)
@@ -345,9 +354,22 @@ class Staging:
                       attempts=item.get("attempts", 0) + 1)
             self.pending.pop((job_id, slot), None)
         self.tasks[task_id] = Task(loc.scheme, list(keys))
-        backend.submit(task_id, loc, direction, moves)
-        log.info("transfer task %s: %d item(s) %s %s", task_id, len(moves),
-                 "from" if direction == T.IN else "to", loc.alias)
+        self.planned.append((backend, task_id, loc, direction, moves))
+
+    def _start_planned(self) -> None:
+        """Hand the tasks planned this tick to their backends, now that the records say
+        their items are ``active`` in them: a copy never runs for an item whose record does
+        not say so, so after a crash every temp beside a destination belongs to an item the
+        records show active (and that is submitted again)."""
+        planned, self.planned = self.planned, []
+        for backend, task_id, loc, direction, moves in planned:
+            moves = [m for m in moves if m.key.split("/", 1)[0] in self.jobs]
+            if not moves:                 # its jobs were moved by someone else meanwhile
+                self.tasks.pop(task_id, None)
+                continue
+            backend.submit(task_id, loc, direction, moves)
+            log.info("transfer task %s: %d item(s) %s %s", task_id, len(moves),
+                     "from" if direction == T.IN else "to", loc.alias)
 
     def _paths(self, job: Staged, item: dict, loc) -> tuple[str, str]:
         """(path at the site, path at the location) of an item, as ``loc``'s backend sees
@@ -441,7 +463,7 @@ class Staging:
         self.site.events.flush()      # a crash mid-move is finished from these events
         limbo = self.site.limbo
         batch = fsio.Batch(self.layout.jobs, self.site.spares)
-        moved: list[tuple[str, str]] = []
+        moved: list[tuple[str, str, str, int]] = []      # (job, dest, state, attempt)
         for job_id, job, dest, evs in plan:
             src = self.layout.job_path(job.where, job_id)
             dst = self.layout.job_path(dest, job_id)
@@ -469,12 +491,13 @@ class Staging:
             batch.add_json(dst, rec)
             batch.retire(held)
             if dest != job.where:
-                moved.append((job_id, dest))
-        if any(d == "ready" for _, d in moved):
+                moved.append((job_id, dest, rec["state"], rec.get("attempt", 1)))
+        if any(m[1] == "ready" for m in moved):
             batch.after_commit(self.store.ring, once="bell")
         self.site.events.flush()
         batch.commit()
-        for job_id, dest in moved:
+        for job_id, dest, state, attempt in moved:
+            self.site.index.moved(job_id, state, attempt)
             job = self.jobs.pop(job_id)
             self._forget(job_id)
             if dest == "done":

@@ -72,7 +72,7 @@ REMOVED = "REMOVED"
 STATES = tuple(s for s in S.ALL_STATES if s != S.REJECTED) + (REMOVED,)
 CODE = {name: i for i, name in enumerate(STATES)}
 DIR_OF = tuple(S.STATE_DIR.get(s) for s in STATES)          # code -> directory (None: removed)
-INDEXED_DIRS = ("waiting", "ready", "running", "done", "failed")
+INDEXED_DIRS = ("waiting", "stagein", "ready", "running", "stageout", "done", "failed")
 FORMAT = "spool-index 1"
 COMPACT_MIN = 50_000
 SECTIONS = ("ids", "idoff", "state", "attempt", "app", "tagset", "created", "tagsets")
@@ -816,7 +816,7 @@ class Keeper(Table):
         fixed = 0
         for b in (range(SHARDS) if buckets is None else buckets):
             seen: dict[str, str] = {}
-            for d in ("waiting", "ready", "done", "failed"):
+            for d in S.SHARDED_DIRS:
                 for name in fsio.list_names(lay.state_dir(d) / f"{b:02x}"):
                     seen[name[:-5]] = d
             fixed += self._check_bucket(b, seen, self.running_seen)
@@ -892,4 +892,5 @@ class Keeper(Table):
         return 0
 
 
-_ORDER = {"created": 0, "waiting": 1, "ready": 2, "running": 3, "done": 4, "failed": 4}
+_ORDER = {"created": 0, "waiting": 1, "stagein": 2, "ready": 3, "running": 4, "stageout": 5,
+          "done": 6, "failed": 6}

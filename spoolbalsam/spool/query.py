@@ -46,12 +46,11 @@ class Filter:
         dirs, fine = set(), set()
         for name in names:
             d, f = S.parse_state(name)
+            dirs.add(d)
             if f:
-                dirs.update(S.STATE_DIRS[f])
                 fine.add(f)
             else:
-                dirs.add(d)
-                fine.update(s for s, dd in S.STATE_DIRS.items() if d in dd)
+                fine.update(s for s, dd in S.STATE_DIR.items() if dd == d)
         if not names:
             return cls(**kw)
         order = JOB_DIRS + ("rejected",)

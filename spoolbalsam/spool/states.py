@@ -8,7 +8,7 @@ directory          coarse state    finer Balsam states shown there
 =================  ==============  ===============================================
 jobs/created/      CREATED         CREATED (not yet validated by the site)
 jobs/waiting/      AWAITING_PARENTS
-jobs/stagein/      READY           READY: inputs being staged in (Balsam's READY)
+jobs/stagein/      STAGING_IN      READY (Balsam's name): its inputs are being staged in
 jobs/ready/        READY           READY, STAGED_IN, PREPROCESSED, RESTART_READY
 jobs/running/L/    RUNNING         RUNNING, RUN_DONE, RUN_ERROR, RUN_TIMEOUT (in flight)
 jobs/stageout/     POSTPROCESSED   POSTPROCESSED: outputs being staged out
@@ -18,18 +18,21 @@ jobs/rejected/     REJECTED        not a job: a dropped file the site refused
 =================  ==============  ===============================================
 
 The two staging directories hold the jobs whose transfer items are moving
-(``spoolbalsam.site.transfers``).  Launchers never list them, so a job waiting for its
+(``spoolbalsam.site.transfers``).  A job waiting for its inputs keeps Balsam's state READY
+in its record, and is shown as STAGING_IN, the state of its directory (as a claimed job is
+shown RUNNING whatever its record says): every fine state names one directory.  Launchers never list them, so a job waiting for its
 inputs cannot be claimed, and a job waiting for its outputs to leave is not in ``done/``,
 so its children are not released before its stage-out.  ``stagein/`` is written by the site
-only; launchers rename a run job that has stage-out items into ``stageout/`` (as they rename
+only (CLI and API moves aside); launchers rename a run job that has stage-out items into ``stageout/`` (as they rename
 into ``done/``), and the site writes and moves it from there.  Both are sharded like
-``ready/``.  ``spool job ls --state stagein`` (or ``stageout``) lists them; ``--state
-POSTPROCESSED`` lists ``stageout/``.
+``ready/``.  ``spool job ls --state STAGING_IN`` (or ``stagein``) and ``--state POSTPROCESSED`` (or
+``stageout``) list them.
 """
 from __future__ import annotations
 
 CREATED = "CREATED"
 AWAITING_PARENTS = "AWAITING_PARENTS"
+STAGING_IN = "STAGING_IN"
 READY = "READY"
 STAGED_IN = "STAGED_IN"
 PREPROCESSED = "PREPROCESSED"
@@ -48,7 +51,7 @@ REJECTED = "REJECTED"
 DIR_STATE = {
     "created": CREATED,
     "waiting": AWAITING_PARENTS,
-    "stagein": READY,
+    "stagein": STAGING_IN,
     "ready": READY,
     "running": RUNNING,
     "stageout": POSTPROCESSED,
@@ -59,6 +62,7 @@ DIR_STATE = {
 STATE_DIR = {
     CREATED: "created",
     AWAITING_PARENTS: "waiting",
+    STAGING_IN: "stagein",
     READY: "ready", STAGED_IN: "ready", PREPROCESSED: "ready", RESTART_READY: "ready",
     RUNNING: "running", RUN_DONE: "running", RUN_ERROR: "running", RUN_TIMEOUT: "running",
     POSTPROCESSED: "stageout", STAGED_OUT: "done", JOB_FINISHED: "done",
@@ -66,18 +70,13 @@ STATE_DIR = {
     REJECTED: "rejected",
 }
 ALL_STATES = tuple(STATE_DIR)
-# Every directory a fine state can be shown in: its own (STATE_DIR), and the directories
-# whose coarse state it is (READY is also the state of jobs in stagein/).
-STATE_DIRS = {s: tuple(dict.fromkeys([d] + [dd for dd, c in DIR_STATE.items() if c == s]))
-              for s, d in STATE_DIR.items()}
 SHARDED_DIRS = ("waiting", "stagein", "ready", "stageout", "done", "failed")
 STAGING_DIRS = ("stagein", "stageout")
 TERMINAL_DIRS = ("done", "failed")
 
 
 def parse_state(text: str) -> tuple[str, str | None]:
-    """``--state`` value -> (directory, fine state or None); a fine state may also be shown
-    in other directories (``STATE_DIRS``).
+    """``--state`` value -> (directory, fine state or None).
 
     Accepts Balsam's names in any case (``JOB_FINISHED``, ``run_error``) and the directory
     names (``ready``, ``done``); raises ValueError naming the accepted values.
