@@ -77,7 +77,7 @@ def test_job_create_file_reads_stdin_and_names_the_bad_line(site):
                                   "app, workdir, parameters, tags, num_nodes, ranks_per_node, "
                                   "threads_per_rank, threads_per_core, gpus_per_rank, "
                                   "node_packing_count, launch_params, wall_time_min, "
-                                  "parent_ids, data, retry")
+                                  "parent_ids, data, retry, transfers")
     res = spool(site, "job", "create", "-f", "-", input_bytes=b"{}\nnot json\n", expect=1)
     assert "stdin line 2: not valid JSON" in res.stderr
     res = spool(site, "job", "create", "-f", "-", "-a", "EchoHello", input_bytes=b"", expect=1)

@@ -9,7 +9,6 @@ import hashlib
 import json
 import os
 import shutil
-import signal
 from pathlib import Path
 
 import pytest
@@ -21,9 +20,8 @@ from spoolbalsam.transfer import items as T
 from spoolbalsam.transfer.base import BLOCKED, PERMANENT, TRANSIENT, Backend, Move, Outcome, TaskStatus
 from spoolbalsam.transfer.local import LocalBackend, place
 
-from helpers import (REPO, drop, edit_settings, ids_in, job, kill9, layout, locate, make_site,
-                     pid_alive,
-                     reap_site_processes, record, rejected_entries, site_info, site_obj, spool,
+from helpers import (REPO, drop, edit_settings, ids_in, kill9, layout, locate, make_site,
+                     pid_alive, reap_site_processes, record, rejected_entries, site_obj, spool,
                      start_launcher, start_site, stop_site, temps_under, wait_for, write_app)
 
 SLOTS = {"input": {"required": True, "direction": "in", "local_path": "input.dat"},

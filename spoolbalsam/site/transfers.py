@@ -61,7 +61,7 @@ import logging
 import posixpath
 import time
 from collections import defaultdict
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from ..spool import fsio
@@ -105,23 +105,16 @@ class Staged:
 class Task:
     scheme: str
     keys: list[tuple[str, str]]             # (job id, slot) of each move
-    started: float = field(default_factory=time.monotonic)
 
 
 class Staging:
     def __init__(self, site):
-        from ..settings import transfer_locations
+        from ..settings import DEFAULTS
         self.site = site
         self.layout, self.store = site.layout, site.store
-        self.conf = dict(site.settings.get("transfers") or {})
-        for key, default in (("max_concurrent_transfers", 5), ("transfer_batch_size", 100),
-                             ("num_items_query_limit", 2000), ("service_period", 5),
-                             ("local_method", "copy"), ("local_bwlimit_mb", None),
-                             ("max_attempts", 5), ("retry_backoff_sec", 5)):
-            self.conf.setdefault(key, default)
+        self.conf = {**DEFAULTS["transfers"], **(site.settings.get("transfers") or {})}
         try:
-            self.locations = transfer_locations({"transfers": {"transfer_locations":
-                                                 self.conf.get("transfer_locations") or {}}})
+            self.locations = T.check_locations(self.conf["transfer_locations"])
         except ValueError as e:               # settings.validate reports it at load
             log.error("transfers.transfer_locations: %s", e)
             self.locations = {}
@@ -142,9 +135,6 @@ class Staging:
         nothing to do).  Read at the next tick."""
         if where in S.STAGING_DIRS:
             self.incoming[job_id] = where
-
-    def busy(self) -> bool:
-        return bool(self.tasks or self.incoming or self.pending)
 
     # ---- start and stop -------------------------------------------------------------------
     def recover(self) -> None:
