@@ -417,7 +417,8 @@ class Staging:
         if failed:
             i = failed[0]
             what = "stage-in" if direction == T.IN else "stage-out"
-            error = f"{what} of {i['name']} ({i['source']} -> {i['destination']}) failed: {i['error']}"
+            error = (f"{what} of {i['name']} ({i['source']} -> {i['destination']}) failed: "
+                     f"{i['error']}")
             return "failed", [(S.FAILED, error)], error
         if any(i["state"] != T.DONE for i in mine):
             return None

@@ -18,15 +18,16 @@ jobs/rejected/     REJECTED        not a job: a dropped file the site refused
 =================  ==============  ===============================================
 
 The two staging directories hold the jobs whose transfer items are moving
-(``spoolbalsam.site.transfers``).  A job waiting for its inputs keeps Balsam's state READY
-in its record, and is shown as STAGING_IN, the state of its directory (as a claimed job is
-shown RUNNING whatever its record says): every fine state names one directory.  Launchers never list them, so a job waiting for its
+(``spoolbalsam.site.transfers``).  Launchers never list them, so a job waiting for its
 inputs cannot be claimed, and a job waiting for its outputs to leave is not in ``done/``,
-so its children are not released before its stage-out.  ``stagein/`` is written by the site
-only (CLI and API moves aside); launchers rename a run job that has stage-out items into ``stageout/`` (as they rename
+so its children are not released before its stage-out.  A job waiting for its inputs
+keeps Balsam's state READY in its record and is shown as STAGING_IN, the state of its
+directory (as a claimed job is shown RUNNING whatever its record says): every fine state
+names one directory.  ``stagein/`` is written by the site only (CLI and API moves aside);
+launchers rename a run job that has stage-out items into ``stageout/`` (as they rename
 into ``done/``), and the site writes and moves it from there.  Both are sharded like
-``ready/``.  ``spool job ls --state STAGING_IN`` (or ``stagein``) and ``--state POSTPROCESSED`` (or
-``stageout``) list them.
+``ready/``.  ``spool job ls --state STAGING_IN`` (or ``stagein``) and ``--state
+POSTPROCESSED`` (or ``stageout``) list them.
 """
 from __future__ import annotations
 

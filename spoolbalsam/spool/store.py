@@ -161,9 +161,8 @@ class Store:
         # ready, running/L, stageout, done, failed), so a forward move between two looks is
         # seen by the later one: a parent renamed from running/L/ into done/ is not missed.
         # Jobs move backwards only into ready/ (a retry, a revoke, an unstarted claim
-        # returned) or stagein/ (a retry with inputs to stage again; the CLI's, never
-        # while the site looks for a parent that is done), so ready/ is looked at once more
-        # at the end.  Only two moves within one pass (microseconds) can hide a
+        # returned) and, on ``spool job retry``, stagein/; ready/ is looked at once more at
+        # the end.  Only two moves within one pass (microseconds) can hide a
         # job.
         """
         lay, exists = self.layout, os.path.exists
@@ -171,8 +170,9 @@ class Store:
         if exists(p):
             return "created", Path(p)
         if self.see_intake:
-            # A drop moves created/ -> site/intake/ -> waiting|stagein|ready|failed: looked at here,
-            # in that order, it is not missed while the site validates and publishes it.
+            # A drop moves created/ -> site/intake/ -> waiting|stagein|ready|failed: looked
+            # at here, in that order, it is not missed while the site validates and
+            # publishes it.
             tail = f"~{job_id}.json"
             for name in fsio.list_names(lay.site_dir / "intake"):
                 if name.endswith(tail):

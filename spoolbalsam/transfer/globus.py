@@ -339,7 +339,8 @@ def globus_login(client_id: str, collections: list[str], ask=input, say=print) -
     import globus_sdk
     auth = globus_sdk.NativeAppAuthClient(client_id)
     auth.oauth2_start_flow(requested_scopes=scopes_for(collections), refresh_tokens=True)
-    say(f"Open this URL, log in, and paste the code it shows:\n\n  {auth.oauth2_get_authorize_url()}\n")
+    url = auth.oauth2_get_authorize_url()
+    say(f"Open this URL, log in, and paste the code it shows:\n\n  {url}\n")
     code = ask("Code: ").strip()
     tokens = auth.oauth2_exchange_code_for_tokens(code).by_resource_server.get(TRANSFER_RESOURCE)
     if not tokens or not tokens.get("refresh_token"):

@@ -128,7 +128,9 @@ class Location:
     method: str | None          # file: copy | link | rsync (None: transfers.local_method)
 
     def confines(self, path: str) -> bool:
-        return self.root is None or path == self.root or path.startswith(self.root.rstrip("/") + "/")
+        if self.root is None or path == self.root:
+            return True
+        return path.startswith(self.root.rstrip("/") + "/")
 
 
 def parse_location(alias: str, url) -> Location:
