@@ -133,7 +133,9 @@ class Launcher:
         self.lease = LeaseWriter(self.dir / "lease.json", settings.get("lease_interval_sec", 5.0),
                                  host=fsio.HOST, pid=os.getpid(), pid_start=proc_start(os.getpid()),
                                  mode=mode, batch_job=batch_job, scheduler_id=scheduler_id,
-                                 nodes=[n.name for n in nodes], state="running")
+                                 nodes=[n.name for n in nodes],
+                                 gpus=sum(len(n.gpu_ids) for n in nodes),
+                                 started_at=time.time(), state="running")
         self.lease.beat(force=True)
         self.running: dict[str, runner.Running] = {}
         self.cands: list[Path] = []
@@ -318,7 +320,8 @@ class Launcher:
         if self._starter is not None:
             self._starter.close()
         self.events.close()
-        self.lease.beat(force=True, state="exited", exit_reason=self.exit_reason or self.draining,
+        self.lease.beat(force=True, state="exited", ended_at=time.time(),
+                        exit_reason=self.exit_reason or self.draining,
                         launches=self.launches, finished=self.finished, standbys=self.standbys)
         try:
             self.rdir.rmdir()

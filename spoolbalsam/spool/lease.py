@@ -4,7 +4,8 @@
 with an increasing ``seq``::
 
     {"seq": 41, "host": "n1", "pid": 1234, "interval": 5, "mode": "serial",
-     "batch_job": "12.pbs" | null, "scheduler_id": "12" | null, "state": "running" | "exited"}
+     "batch_job": "12.pbs" | null, "scheduler_id": "12" | null, "state": "running" | "exited",
+     "nodes": ["n1"], "gpus": 12, "started_at": 1764100000.1, "ended_at": 1764103600.2}
 
 The site never compares the lease's mtime or wall time with its own clock: it remembers the
 ``seq`` it last saw and *its own* monotonic time when that changed (``LeaseJudge``).  A lease
@@ -13,6 +14,9 @@ certain says so: its process is gone (same host: ``kill(pid, 0)``, checked at on
 batch scheduler says its allocation ended.  A stale lease without such proof makes it only
 *suspect*: it keeps its jobs.
 A launcher that exits cleanly writes ``state: exited`` after it has returned its jobs.
+``nodes``, ``gpus`` (GPU ids over its nodes), ``started_at`` and ``ended_at`` (the
+launcher's wall clock, like its events) say what it held and when, for ``spool report``;
+liveness never reads them.
 """
 from __future__ import annotations
 
