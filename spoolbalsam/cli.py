@@ -51,6 +51,18 @@ def _settings(layout: Layout) -> dict:
         raise UserError(str(e)) from None
 
 
+def _print_json(doc) -> None:
+    """One JSON document on stdout."""
+    import orjson
+    sys.stdout.write(orjson.dumps(doc).decode() + "\n")
+
+
+def _print_json_line(obj) -> None:
+    """One JSON object on its own line (a listing prints one per item)."""
+    import orjson
+    sys.stdout.write(orjson.dumps(obj).decode() + "\n")
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--site", envvar="SPOOL_SITE", help="Site directory (default: $SPOOL_SITE or cwd).")
 @click.pass_context
@@ -202,8 +214,9 @@ def site_stop(ctx, timeout):
 
 
 @site.command("status")
+@click.option("--json", "as_json", is_flag=True, help="One JSON document.")
 @click.pass_context
-def site_status(ctx):
+def site_status(ctx, as_json):
     """Is the site running, and how many jobs are in each state."""
     from .site import service
     from .spool import index
@@ -211,6 +224,10 @@ def site_status(ctx):
     layout = _site(ctx)
     info = service.running_site(layout)
     s = _settings(layout)
+    if as_json:
+        _print_json({"site": s["site_name"], "machine": s["machine"], "root": str(layout.root),
+                     "site_process": info, "counts": counts(layout)})
+        return
     click.echo(f"site {s['site_name']} ({s['machine']}) at {layout.root}")
     click.echo(f"site process: {'running, pid %s on %s' % (info['pid'], info['host']) if info else 'stopped'}")
     try:
@@ -273,13 +290,26 @@ def app():
 
 @app.command("ls")
 @click.option("-v", "--verbose", is_flag=True)
+@click.option("--json", "as_json", is_flag=True,
+              help="One JSON object per app, one per line; a broken app as {name, error}.")
 @click.pass_context
-def app_ls(ctx, verbose):
+def app_ls(ctx, verbose, as_json):
     """List apps (apps/NAME.yml) and their parameters."""
     from .apps import AppRegistry
     layout = _site(ctx)
     reg = AppRegistry(layout.apps)
     names = reg.names()
+    if as_json:
+        for name in names:
+            a = reg.get(name)
+            _print_json_line({"name": name, "error": reg.errors.get(name)} if a is None else {
+                "name": name, "description": a.description, "parameters": a.parameters,
+                "command_template": a.command_template,
+                "environment_variables": a.environment_variables,
+                "shell_preamble": a.shell_preamble, "cleanup_files": a.cleanup_files,
+                "retry": a.retry,
+                "python_class": a.python_class})
+        return
     if not names:
         click.echo(f"No apps yet: write {layout.apps}/NAME.yml (see the README)")
         return
@@ -480,8 +510,9 @@ def job_ls(ctx, state, exclude_state, tag, app_name, workdir, ids, by_state, cou
 
 @job.command("show")
 @click.argument("job_id")
+@click.option("--json", "as_json", is_flag=True, help="The record as one JSON document.")
 @click.pass_context
-def job_show(ctx, job_id):
+def job_show(ctx, job_id, as_json):
     """One job's whole record and history."""
     import yaml
 
@@ -491,6 +522,9 @@ def job_show(ctx, job_id):
     if not recs:
         raise UserError(f"no job {job_id} in {layout.root}; list them with `spool job ls`")
     rec = recs[0]
+    if as_json:
+        _print_json({k: v for k, v in rec.items() if k != "_path"})
+        return
     hist = rec.pop("history", [])
     rec.pop("_path", None)
     click.echo(yaml.safe_dump(rec, sort_keys=False).rstrip())
@@ -602,12 +636,18 @@ def queue_submit(ctx, num_nodes, wall_time_min, queue_name, project, job_mode, t
 @queue.command("ls")
 @click.option("-h", "--history", is_flag=True, help="Finished batch jobs too.")
 @click.option("-v", "--verbose", is_flag=True)
+@click.option("--json", "as_json", is_flag=True,
+              help="One JSON object per batch job (request and state), one per line.")
 @click.pass_context
-def queue_ls(ctx, history, verbose):
+def queue_ls(ctx, history, verbose, as_json):
     """List batch jobs (active ones; --history for all)."""
     from .site import batch
     layout = _site(ctx)
     recs = [r for r in batch.load_all(layout) if history or r["state"] not in batch.FINAL]
+    if as_json:
+        for r in recs:
+            _print_json_line(r)
+        return
     if not recs:
         click.echo("No batch jobs." if history else "No active batch jobs (--history for all).")
         return
@@ -643,6 +683,59 @@ def queue_term(ctx, ident):
             click.echo(f"Batch job {r['id']} ({r.get('scheduler_id') or 'not submitted'}) will be deleted")
             return
     raise UserError(f"no batch job {ident}; see `spool queue ls --history`")
+
+
+# ---------------------------------------------------------------------------------------
+@cli.command("report")
+@click.option("-t", "--tag", "-tag", multiple=True, help="Only jobs with tag KEY=VALUE (repeat; all must match).")
+@click.option("-o", "--out", type=click.Path(dir_okay=False),
+              help="PNG to write [default: report.png]; an explicit --out that cannot be "
+                   "written is an error.")
+@click.option("--no-png", is_flag=True, help="Print only; write no PNG.")
+@click.option("--json", "as_json", is_flag=True,
+              help="Print the report's numbers as one JSON document (times in minutes from "
+                   "the campaign start).")
+@click.pass_context
+def report_cmd(ctx, tag, out, no_png, as_json):
+    """The campaign: jobs finished over time, nodes and tiles busy against the allocation,
+    jobs per state, run time per app, failures by reason.
+
+    Prints a one-screen summary (or --json) and writes a four-panel PNG.  Without
+    matplotlib it still prints, and says how to get the PNG.
+    """
+    from .report import plot
+    from .report.gather import gather, paused_gc
+    from .report.numbers import report
+    from .report.text import summary
+    layout = _site(ctx)
+    tags = _kv(tag, "tag")
+    _settings(layout)
+    path = Path(out or "report.png")
+    if not no_png and path.suffix.lower() != ".png":
+        raise UserError(f"--out {out}: the report is a PNG; give a name ending in .png")
+    if not no_png and not path.resolve().parent.is_dir():
+        raise UserError(f"--out {out}: directory {path.resolve().parent} does not exist")
+    with paused_gc():
+        doc = report(gather(layout, tags))
+    if as_json:
+        import orjson
+        sys.stdout.write(orjson.dumps(doc).decode() + "\n")
+    else:
+        click.echo(summary(doc))
+    if no_png:
+        return
+    if not plot.available():
+        click.echo(f"spool: no PNG written: matplotlib is not installed; {plot.INSTALL_HINT}",
+                   err=True)
+        if out:
+            sys.exit(1)
+        return
+    try:
+        plot.write_png(doc, path)
+    except OSError as e:
+        raise UserError(f"cannot write {path}: {e.strerror or e}") from None
+    if not as_json:
+        click.echo(f"PNG         {path} (4 panels)")
 
 
 # ---------------------------------------------------------------------------------------

@@ -7,6 +7,10 @@ a Balsam script changes.  Each class keeps Balsam's methods and errors (``DoesNo
 see ``api.site``).  Everything reads and writes the site directory through the spool's own
 primitives: no server, no database.
 
+Balsam's ``balsam.analytics`` is ``spoolbalsam.api.analytics`` (``throughput_report``,
+``utilization_report``, ``available_nodes``), fed by ``EventLog.objects.filter(...)`` and
+``BatchJob.objects.filter(...)`` as in Balsam.
+
 Names are imported on first use, so a Python app's child process (which imports only
 ``ApplicationDefinition``) does not pay for the job, query and batch modules.
 """

@@ -19,6 +19,7 @@ Guarantees
 from __future__ import annotations
 
 import datetime as _dt
+from operator import itemgetter
 
 from ..spool import fsio
 from ..spool.query import Filter, select
@@ -47,7 +48,8 @@ class EventLog:
                 f"timestamp={self.timestamp.isoformat()})")
 
 
-def _log_paths(layout):
+def log_paths(layout) -> list:
+    """Every per-writer event log of the site: the site's, live and retired launchers'."""
     paths = [layout.site_dir / "events.jsonl"]
     for name in sorted(fsio.list_dirs(layout.launchers)):
         paths.append(layout.launchers / name / "events.jsonl")
@@ -57,46 +59,69 @@ def _log_paths(layout):
     return paths
 
 
+def log_transitions(layout) -> list[dict]:
+    """Every job transition in the site's event logs (lines with ``job`` and ``to``)."""
+    out: list[dict] = []
+    for path in log_paths(layout):
+        events, _ = fsio.read_lines_from(path, 0)
+        out.extend(ev for ev in events if "job" in ev and "to" in ev)
+    return out
+
+
+def merge(records, logged: list[dict], jobs: set[str] | None = None,
+          logged_by: frozenset[str] = frozenset()) -> list[tuple]:
+    """The transitions of ``records``' histories and of ``logged`` (log lines), each once.
+
+    Entries are ``(t, job, to, history entry or None, log line or None)`` in time order
+    (then job id); a history entry and a log line are the same transition when job, time
+    and target state agree.  Only jobs in ``jobs`` are kept (all if None).  A history entry
+    written ``by`` a writer in ``logged_by`` is skipped: a launcher logs every transition
+    it makes before the rename that publishes it, so its log lines (in ``logged``) hold them
+    all.  Pure: this is the one merge behind ``EventLog`` and ``spool report``.
+    """
+    from_history: dict[tuple, dict] = {}
+    for rec in records:
+        job = rec["id"]
+        for h in rec.get("history") or ():
+            if h.get("by") not in logged_by:
+                from_history[(job, h.get("t"), h.get("to"))] = h
+    if jobs is not None:
+        logged = [ev for ev in logged if ev["job"] in jobs]
+    if from_history:
+        out = []
+        for ev in logged:
+            job = ev["job"]
+            h = from_history.pop((job, ev.get("t"), ev["to"]), None)
+            out.append((ev.get("t") or 0.0, job, ev["to"], h, ev))
+    else:
+        out = [(ev.get("t") or 0.0, ev["job"], ev["to"], None, ev) for ev in logged]
+    out.extend((key[1] or 0.0, key[0], key[2], h, None) for key, h in from_history.items())
+    out.sort(key=itemgetter(0, 1))        # stable: a job's lines at one instant keep their order
+    return out
+
+
+def _data(entry: tuple) -> dict:
+    data = {}
+    for src in (entry[4], entry[3]):        # the history's words win, as apply_event wrote them
+        if src:
+            data.update((k, v) for k, v in src.items() if k not in SKIP_KEYS)
+    if "msg" in data:
+        data["message"] = data.pop("msg")
+    return data
+
+
 def transitions(layout, ids: set[str] | None = None, tags: dict | None = None) -> list[EventLog]:
     """Every transition of the jobs ``ids`` (all jobs if None) in time order."""
-    entries: dict[tuple, dict] = {}
-    tagged: set[str] | None = set() if tags else None
-    for rec in select(layout, Filter(ids=ids, tags=dict(tags or {}))):
-        if tagged is not None:
-            tagged.add(rec["id"])
-        for h in rec.get("history") or ():
-            key = (rec["id"], h.get("t"), h.get("to"))
-            data = {k: v for k, v in h.items() if k not in SKIP_KEYS}
-            if "msg" in data:
-                data["message"] = data.pop("msg")
-            entries[key] = {"job": rec["id"], "t": h.get("t") or 0.0, "from": h.get("from"),
-                            "to": h.get("to"), "data": data}
-    for path in _log_paths(layout):
-        events, _ = fsio.read_lines_from(path, 0)
-        for ev in events:
-            job, to = ev.get("job"), ev.get("to")
-            if job is None or to is None:
-                continue
-            if (ids is not None and job not in ids) or (tagged is not None and job not in tagged):
-                continue
-            data = {k: v for k, v in ev.items() if k not in SKIP_KEYS}
-            if "msg" in data:
-                data["message"] = data.pop("msg")
-            key = (job, ev.get("t"), to)
-            if key in entries:
-                entries[key]["data"] = {**data, **entries[key]["data"]}
-            else:
-                entries[key] = {"job": job, "t": ev.get("t") or 0.0, "from": None, "to": to,
-                                "data": data}
-    ordered = sorted(entries.values(), key=lambda e: (e["t"], e["job"]))
+    records = list(select(layout, Filter(ids=ids, tags=dict(tags or {}))))
+    keep = ids if not tags else {r["id"] for r in records}
     last: dict[str, str] = {}
     out = []
-    for e in ordered:
+    for e in merge(records, log_transitions(layout), keep):
         # The timeline decides: a history entry's "from" can skip a transition that only a
         # log holds (the site merges a job's events once it has ended).
-        frm = last.get(e["job"], e["from"])
-        last[e["job"]] = e["to"]
-        out.append(EventLog(e["job"], e["t"], frm, e["to"], e["data"]))
+        frm = last.get(e[1], e[3].get("from") if e[3] else None)
+        last[e[1]] = e[2]
+        out.append(EventLog(e[1], e[0], frm, e[2], _data(e)))
     return out
 
 

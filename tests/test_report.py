@@ -1,0 +1,271 @@
+"""``spool report`` and ``--json`` on the listing commands, on a small real campaign.
+
+One campaign per module: a local site, its real site process, a batch job that the site
+starts as a real launcher (``spool queue submit``), and jobs of known durations (``sleep 1``
+packed two to a node), whole-node jobs and a job that fails three times.  Every number the
+report prints is checked against the event logs and lease files read here, independently
+(``campaign_helpers.run_intervals`` pairs each start with its end in the launchers' logs).
+"""
+from __future__ import annotations
+
+import bisect
+import json
+import os
+import struct
+import sys
+from pathlib import Path
+
+import pytest
+
+from campaign_helpers import launcher_events, run_intervals
+from helpers import (edit_settings, make_site, reap_site_processes, spool, spool_sub,
+                     start_site, stop_site, wait_for)
+from spoolbalsam.launch.resources import NODE_UNITS
+
+SCRIPTS = Path(__file__).parent / "api_scripts"
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+SLEEP_SECS = 1.0
+GPUS = 4
+
+
+@pytest.fixture(scope="module")
+def campaign(tmp_path_factory):
+    root = make_site(tmp_path_factory.mktemp("report") / "S", gpus=GPUS, cpus=4)
+    edit_settings(root, {"scheduler": {"sync_period_sec": 0.5},
+                         "launcher": {"idle_ttl_sec": 2}})
+    try:
+        start_site(root)
+        for i in range(4):
+            spool(root, "job", "create", "-a", "Sleep", "-w", f"a/s{i}", "-p",
+                  f"secs={SLEEP_SECS}", "-npc", "2", "-g", "1", "--tag", "wave=a")
+        for i in range(2):
+            spool(root, "job", "create", "-a", "EchoHello", "-w", f"b/e{i}", "-p",
+                  "say_hello_to=report", "--tag", "wave=b")
+        spool(root, "job", "create", "-a", "Fail", "-w", "b/f", "--tag", "wave=b")
+        spool(root, "queue", "submit", "-n", "1", "-t", "10", "-j", "serial")
+        wait_for(lambda: _counts(root)["done"] == 6 and _counts(root)["failed"] == 1, 90,
+                 "the campaign to end")
+        wait_for(lambda: '"finished"' in spool(root, "queue", "ls", "--history", "--json").stdout,
+                 60, "the batch job to finish")
+        stop_site(root)
+        yield root
+    finally:
+        stop_site(root)
+        reap_site_processes(root)
+
+
+def _counts(root):
+    from spoolbalsam.spool.layout import Layout
+    from spoolbalsam.spool.query import counts
+    return counts(Layout(root))
+
+
+def _records(root):
+    from spoolbalsam.spool.layout import Layout
+    from spoolbalsam.spool.query import select
+    return {r["id"]: r for r in select(Layout(root))}
+
+
+def _report(root, *args) -> dict:
+    res = spool_sub(root, "report", "--json", *args, timeout=120)
+    assert res.returncode == 0, res.stderr
+    return json.loads(res.stdout)
+
+
+def _leases(root) -> list[dict]:
+    out = []
+    for base in (root / "launchers", root / "launchers" / ".retired"):
+        for d in base.iterdir():
+            if not d.name.startswith(".") and (d / "lease.json").exists():
+                out.append(json.loads((d / "lease.json").read_text()))
+    return out
+
+
+def _node_weight(placement: dict) -> float:
+    return len(placement["hosts"]) * placement["units"] / NODE_UNITS
+
+
+def _at(minutes: list[float], values: list, t_min: float):
+    i = bisect.bisect_right(minutes, t_min) - 1
+    return values[i] if i >= 0 else 0
+
+
+# ---- the numbers against the logs --------------------------------------------------------------
+def test_report_numbers_match_the_event_logs(campaign):
+    r = _report(campaign, "--no-png")
+    events = launcher_events(campaign)
+    runs = run_intervals(campaign)
+    recs = _records(campaign)
+    assert runs and all(run["end"] is not None for run in runs)
+
+    finished = sorted(e["t"] for e in events if e.get("to") == "JOB_FINISHED")
+    assert r["finished"]["count"] == len(finished) == 6
+    assert r["finished"]["minutes"] == pytest.approx([(t - r["start"]) / 60 for t in finished],
+                                                     abs=1e-9)
+    assert r["states"] == _counts(campaign)
+    assert r["failures"] == {"exit code 3": 1}
+    assert r["running_now"] == 0
+
+    # the window: from the allocation's start to its end (the launcher idles after the work)
+    [lease] = _leases(campaign)
+    assert lease["state"] == "exited" and lease["gpus"] == GPUS
+    t0 = min([lease["started_at"]] + [run["start"] for run in runs])
+    t1 = max([lease["ended_at"]] + [e["t"] for e in events])
+    assert (r["start"], r["end"]) == (pytest.approx(t0, abs=1e-6), pytest.approx(t1, abs=1e-6))
+
+    # busy nodes and tiles at each run's midpoint: the runs covering that instant
+    for run in runs:
+        mid = (run["start"] + run["end"]) / 2
+        covering = [x for x in runs if x["start"] <= mid < x["end"]]
+        nodes = _at(r["busy"]["minutes"], r["busy"]["nodes"], (mid - r["start"]) / 60)
+        tiles = _at(r["busy"]["minutes"], r["busy"]["tiles"], (mid - r["start"]) / 60)
+        assert nodes == pytest.approx(sum(_node_weight(x["placement"]) for x in covering))
+        assert tiles == sum(len(g) for x in covering for g in x["placement"]["gpus"])
+        if recs[run["job"]]["app"] == "Sleep":
+            assert nodes >= 0.5 and tiles >= 1          # itself: half a node and one tile
+    assert r["busy"]["nodes"][-1] == 0 and max(r["busy"]["nodes"]) <= 1
+
+    # utilization: busy node-seconds over the lease's node-seconds
+    busy = sum(_node_weight(x["placement"]) * (x["end"] - x["start"]) for x in runs)
+    busy_tiles = sum(len(g) * (x["end"] - x["start"]) for x in runs for g in x["placement"]["gpus"])
+    alloc = len(lease["nodes"]) * (lease["ended_at"] - lease["started_at"])
+    u = r["utilization"]
+    assert u["nodes_percent"] == pytest.approx(100 * busy / alloc, rel=1e-6)
+    assert u["tiles_percent"] == pytest.approx(100 * busy_tiles / (GPUS * alloc), rel=1e-6)
+    assert r["allocated"]["source"] == "launchers" and max(r["allocated"]["nodes"]) == 1
+    assert max(r["allocated"]["tiles"]) == GPUS
+
+    # run times per app: every attempt, as the logs time them
+    by_app: dict[str, list[float]] = {}
+    for x in runs:
+        by_app.setdefault(recs[x["job"]]["app"], []).append(x["end"] - x["start"])
+    assert set(r["run_time_sec"]) == set(by_app) == {"Sleep", "EchoHello", "Fail"}
+    for app, durations in by_app.items():
+        s = r["run_time_sec"][app]
+        assert s["runs"] == len(durations)
+        assert (s["min"], s["max"]) == (pytest.approx(min(durations)), pytest.approx(max(durations)))
+    assert r["run_time_sec"]["Fail"]["runs"] == 3          # retry errors: 2 -> three attempts
+    assert SLEEP_SECS <= r["run_time_sec"]["Sleep"]["min"] < SLEEP_SECS + 5
+
+
+def test_report_for_a_tag_counts_only_those_jobs(campaign):
+    r = _report(campaign, "--no-png", "--tag", "wave=a")
+    recs = [x for x in _records(campaign).values() if x["tags"].get("wave") == "a"]
+    mine = {x["id"] for x in recs}
+    runs = [x for x in run_intervals(campaign) if x["job"] in mine]
+    assert r["jobs"] == len(recs) == 4 and r["states"]["done"] == 4
+    assert r["finished"]["count"] == 4 and r["failures"] == {}
+    assert set(r["run_time_sec"]) == {"Sleep"}
+    assert r["start"] == pytest.approx(min(x["start"] for x in runs), abs=1e-6)
+    assert max(r["busy"]["nodes"]) == pytest.approx(max(
+        sum(_node_weight(y["placement"]) for y in runs if y["start"] <= x["start"] < y["end"])
+        for x in runs))
+
+
+def test_report_text_summary(campaign):
+    r = _report(campaign, "--no-png")
+    res = spool_sub(campaign, "report", "--no-png", timeout=120)
+    assert res.returncode == 0, res.stderr
+    out = res.stdout
+    assert f"{r['finished']['count']} finished" in out
+    assert f"nodes {r['utilization']['nodes_percent']:.1f}%" in out
+    assert "exit code 3" in out and "Sleep" in out
+    assert len(out.splitlines()) <= 24                    # one screen
+
+
+def test_report_writes_a_readable_png(campaign, tmp_path):
+    out = tmp_path / "campaign.png"
+    res = spool_sub(campaign, "report", "--out", str(out), timeout=120)
+    assert res.returncode == 0, res.stderr
+    data = out.read_bytes()
+    assert data[:8] == PNG_MAGIC and len(data) > 20_000
+    width, height = struct.unpack(">II", data[16:24])       # the IHDR chunk
+    assert width >= 1000 and height >= 700
+    assert f"PNG         {out}" in res.stdout
+    assert not [p for p in os.listdir(tmp_path) if p.startswith(".")]   # no temp left
+
+
+def test_without_matplotlib_the_report_still_prints_and_says_how(campaign, tmp_path):
+    hide = tmp_path / "hide"
+    (hide / "matplotlib").mkdir(parents=True)
+    (hide / "matplotlib" / "__init__.py").write_text(
+        "raise ImportError('matplotlib hidden by the test')\n")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(
+        [str(hide), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep)}
+    res = spool_sub(campaign, "report", timeout=120, cwd=tmp_path, env=env)
+    assert res.returncode == 0, res.stderr
+    assert "finished" in res.stdout and "Utilization" in res.stdout
+    [line] = res.stderr.strip().splitlines()
+    assert "spoolbalsam[plot]" in line and not (tmp_path / "report.png").exists()
+    res = spool_sub(campaign, "report", "--json", "--out", str(tmp_path / "x.png"),
+                    timeout=120, env=env)
+    assert res.returncode == 1 and "spoolbalsam[plot]" in res.stderr
+    assert json.loads(res.stdout)["finished"]["count"] == 6
+
+
+def test_a_balsam_analytics_snippet_runs_with_the_import_changed(campaign, tmp_path):
+    png = tmp_path / "throughput.png"
+    env = {**os.environ, "SPOOL_SITE": str(campaign)}
+    import subprocess
+    res = subprocess.run([sys.executable, str(SCRIPTS / "analytics_throughput.py"), str(png),
+                          "wave", "a"], capture_output=True, text=True, timeout=120, env=env,
+                         cwd=tmp_path)
+    assert res.returncode == 0, res.stderr
+    got = json.loads(res.stdout)
+    mine = {i for i, x in _records(campaign).items() if x["tags"].get("wave") == "a"}
+    finished = sorted(e["t"] for e in launcher_events(campaign)
+                      if e.get("to") == "JOB_FINISHED" and e["job"] in mine)
+    assert got["done"] == len(finished) == 4
+    assert got["first_done"] == pytest.approx(finished[0], abs=1e-6)
+    assert got["last_nodes"] == 0 and got["peak_nodes"] in (0.5, 1.0)
+    assert png.read_bytes()[:8] == PNG_MAGIC
+
+
+# ---- --json on every listing, errors on stderr ----------------------------------------------------
+def test_listings_print_json(campaign):
+    apps = [json.loads(line) for line in spool(campaign, "app", "ls", "--json").stdout.splitlines()]
+    assert sorted(a["name"] for a in apps) == sorted(p.stem for p in (campaign / "apps").glob("*.yml"))
+    sleep = next(a for a in apps if a["name"] == "Sleep")
+    assert sleep["command_template"] == "sleep {{ secs }}" and "secs" in sleep["parameters"]
+
+    [bj] = [json.loads(line) for line in
+            spool(campaign, "queue", "ls", "--history", "--json").stdout.splitlines()]
+    assert bj["state"] == "finished" and bj["num_nodes"] == 1 and bj["job_mode"] == "serial"
+    assert spool(campaign, "queue", "ls", "--json").stdout == ""       # none active
+
+    status = json.loads(spool(campaign, "site", "status", "--json").stdout)
+    assert status["counts"] == _counts(campaign) and status["site_process"] is None
+    assert status["machine"] == "local" and status["root"] == str(campaign)
+
+    recs = _records(campaign)
+    fail_id = next(i for i, x in recs.items() if x["app"] == "Fail")
+    shown = json.loads(spool(campaign, "job", "show", fail_id, "--json").stdout)
+    assert shown["id"] == fail_id and shown["state"] == "FAILED" and shown["attempt"] == 3
+    assert [h["to"] for h in shown["history"]][-1] == "FAILED"
+    lines = spool(campaign, "job", "ls", "--json").stdout.splitlines()
+    assert sorted(json.loads(line)["id"] for line in lines) == sorted(recs)
+
+
+@pytest.mark.parametrize("args", [
+    ["app", "ls", "--json"], ["queue", "ls", "--json"], ["site", "status", "--json"],
+    ["job", "ls", "--json"], ["job", "show", "x", "--json"], ["report", "--json"],
+    ["report"],
+])
+def test_listing_errors_go_to_stderr_with_a_non_zero_exit(tmp_path, args):
+    res = spool_sub(tmp_path / "no-site", *args, timeout=60)
+    assert res.returncode != 0 and res.stdout == ""
+    assert res.stderr.startswith("spool: ") and "not a spoolbalsam site" in res.stderr
+
+
+@pytest.mark.parametrize("args, words", [
+    (["job", "show", "nosuchjob", "--json"], "no job nosuchjob"),
+    (["report", "--tag", "wave"], "KEY=VALUE"),
+    (["report", "--out", "elsewhere/r.png"], "does not exist"),
+    (["report", "--out", "r.svg"], ".png"),
+])
+def test_bad_input_is_one_line_on_stderr(campaign, tmp_path, args, words):
+    res = spool_sub(campaign, *args, timeout=60, cwd=tmp_path)
+    assert res.returncode == 1 and res.stdout == ""
+    [line] = res.stderr.strip().splitlines()
+    assert line.startswith("spool: ") and words in line
+    assert not (tmp_path / "r.png").exists() and not (tmp_path / "r.svg").exists()
