@@ -13,6 +13,7 @@ import json
 import os
 import struct
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -269,3 +270,71 @@ def test_bad_input_is_one_line_on_stderr(campaign, tmp_path, args, words):
     [line] = res.stderr.strip().splitlines()
     assert line.startswith("spool: ") and words in line
     assert not (tmp_path / "r.png").exists() and not (tmp_path / "r.svg").exists()
+
+
+# ---- a machine with a batch scheduler: the allocation is the batch jobs ----------------------------
+def _done_record(layout, job_id: str, hist: list[tuple[float, str, str]], **fields) -> None:
+    """A finished job's record as the site leaves it in done/ (history: (t, to, by))."""
+    from spoolbalsam.spool import fsio
+    from spoolbalsam.spool.record import normalize, transition
+    rec = normalize({"id": job_id, "app": "Sim", "workdir": f"w/{job_id}", **fields}, "test")
+    for t, to, by in hist:
+        rec = transition(rec, to, by, t=t)
+    path = layout.job_path("done", job_id)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fsio.write_json_atomic(path, rec)
+
+
+def test_on_a_batch_machine_the_allocation_is_the_batch_jobs(tmp_path):
+    from spoolbalsam.api import BatchJob
+    from spoolbalsam.api.analytics import available_nodes
+    from spoolbalsam.spool import fsio
+    from spoolbalsam.spool.layout import Layout
+    root = tmp_path / "aurora-site"
+    spool(None, "site", "init", str(root), "--machine", "aurora", "-A", "proj")
+    layout = Layout(root)
+    t0 = time.time() - 3600
+    batches = {"1": (2, t0, t0 + 600, "finished"), "2": (1, t0 + 300, None, "running"),
+               "3": (4, None, None, "queued")}
+    for bid, (n, start, end, state) in batches.items():
+        (layout.batch / bid).mkdir(parents=True)
+        fsio.write_json_atomic(layout.batch / bid / "request.json", {
+            "id": bid, "num_nodes": n, "wall_time_min": 30, "queue": "debug",
+            "project": "proj", "job_mode": "mpi", "filter_tags": {}, "optional_params": {}})
+        fsio.write_json_atomic(layout.batch / bid / "state.json", {
+            "state": state, "scheduler_id": f"{bid}.pbs", "start_time": start, "end_time": end})
+    # one job run by a launcher (its log), one marked finished by a script (its history only)
+    lid = "mpi-x1000c0s0b0n0-abcdefgh"
+    place = {"hosts": ["x1000c0s0b0n0"], "cpus": [[1]], "gpus": [["0.0", "0.1"]],
+             "units": NODE_UNITS // 6}
+    log = layout.launchers / ".retired" / lid / "events.jsonl"
+    log.parent.mkdir(parents=True)
+    lines = [{"t": t0 + 10, "job": "ran", "attempt": 1, "to": "RUNNING", "by": lid,
+              "launcher": lid, "placement": place, "started_at": t0 + 10},
+             {"t": t0 + 70, "job": "ran", "attempt": 1, "to": "RUN_DONE", "by": lid,
+              "launcher": lid, "placement": place},
+             {"t": t0 + 70.5, "job": "ran", "attempt": 1, "to": "JOB_FINISHED", "by": lid,
+              "launcher": lid}]
+    fsio.write_atomic(log, b"".join(json.dumps(x).encode() + b"\n" for x in lines))
+    _done_record(layout, "ran", [(t0, "READY", "site"), (t0 + 10, "RUNNING", lid),
+                                 (t0 + 70, "RUN_DONE", lid), (t0 + 70.5, "JOB_FINISHED", lid)])
+    _done_record(layout, "marked", [(t0, "READY", "site"), (t0 + 500, "JOB_FINISHED", "script")])
+
+    r = _report(root, "--no-png")
+    assert r["machine"] == "aurora"
+    a = r["allocated"]
+    assert a["source"] == "batch jobs" and a["count"] == 2          # the queued one never started
+    for at_s, nodes in ((100, 2), (400, 3), (700, 1)):
+        i = bisect.bisect_right(a["minutes"], (t0 + at_s - r["start"]) / 60) - 1
+        assert (a["nodes"][i], a["tiles"][i]) == (nodes, 12 * nodes)
+    assert r["finished"]["count"] == 2                              # the script's too
+    assert r["finished"]["minutes"] == pytest.approx([(t0 + 70.5 - r["start"]) / 60,
+                                                      (t0 + 500 - r["start"]) / 60])
+    busy = r["utilization"]["busy_node_hours"] * 3600
+    assert busy == pytest.approx(60 / 6)                             # 1/6 node for 60 s
+    assert r["utilization"]["busy_tile_hours"] * 3600 == pytest.approx(2 * 60)
+    assert r["end"] > t0 + 600 and r["running_now"] == 0            # batch job 2 is still on
+
+    times, nodes = available_nodes(BatchJob.objects.filter(site_id=str(root)))
+    assert [t.timestamp() for t in times] == pytest.approx([t0, t0 + 300, t0 + 600], abs=1e-5)
+    assert nodes == [2, 3, 1]

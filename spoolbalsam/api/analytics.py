@@ -53,7 +53,8 @@ _first = itemgetter(0)
 
 
 class Transition(NamedTuple):
-    """One state change of one job: epoch seconds, job id, target state, details."""
+    """One state change of one job: epoch seconds, job id, target state, details.  The
+    arithmetic reads it by index, so a plain ``(t, job, to, data)`` tuple serves too."""
 
     t: float
     job: str

@@ -85,7 +85,7 @@ def figure(r: dict):
 
     fig = Figure(figsize=(13, 8.5), dpi=100, layout="constrained")
     (ax_done, ax_busy), (ax_states, ax_rt) = fig.subplots(2, 2)
-    end = max(r["minutes"], 1e-9)
+    end = r["minutes"] if r["minutes"] > 0 else 1.0      # nothing ran yet: an empty minute
     scope = ("tags " + ", ".join(f"{k}={v}" for k, v in r["tags"].items())) if r["tags"] \
         else "all jobs"
     start = time.strftime("%Y-%m-%d %H:%M", time.localtime(r["start"]))
@@ -101,7 +101,7 @@ def figure(r: dict):
     ax_done.set_xlabel("minutes from campaign start")
     ax_done.set_ylabel("jobs finished (cumulative)")
     ax_done.set_xlim(0, end)
-    ax_done.set_ylim(bottom=0)
+    ax_done.set_ylim(0, max(f["count"], 1) * 1.05)
     ax_done.yaxis.set_major_locator(MaxNLocator(integer=True))
     ax_done.grid(alpha=0.3)
     ax_done.legend(loc="upper left")
@@ -123,7 +123,7 @@ def figure(r: dict):
     ax_busy.set_xlabel("minutes from campaign start")
     ax_busy.set_ylabel("nodes")
     ax_busy.set_xlim(0, end)
-    top = max(max(b["nodes"], default=0), nodes_alloc, 1e-9) * 1.12
+    top = max(max(b["nodes"], default=0), nodes_alloc) * 1.12 or 1.0
     ax_busy.set_ylim(0, top)
     ax_busy.grid(alpha=0.3)
     handles, labels = ax_busy.get_legend_handles_labels()
