@@ -704,7 +704,8 @@ def report_cmd(ctx, tag, out, no_png, as_json):
     matplotlib it still prints, and says how to get the PNG.
     """
     from .report import plot
-    from .report.gather import gather, paused_gc
+    from .gcpause import paused
+    from .report.gather import gather
     from .report.numbers import report
     from .report.text import summary
     layout = _site(ctx)
@@ -715,7 +716,7 @@ def report_cmd(ctx, tag, out, no_png, as_json):
         raise UserError(f"--out {out}: the report is a PNG; give a name ending in .png")
     if not no_png and not path.resolve().parent.is_dir():
         raise UserError(f"--out {out}: directory {path.resolve().parent} does not exist")
-    with paused_gc():
+    with paused():
         doc = report(gather(layout, tags))
     if as_json:
         import orjson

@@ -146,7 +146,8 @@ def test_report_numbers_match_the_event_logs(campaign):
         assert s["runs"] == len(durations)
         assert (s["min"], s["max"]) == (pytest.approx(min(durations)), pytest.approx(max(durations)))
     assert r["run_time_sec"]["Fail"]["runs"] == 3          # retry errors: 2 -> three attempts
-    assert SLEEP_SECS <= r["run_time_sec"]["Sleep"]["min"] < SLEEP_SECS + 5
+    # the starter notes a start after posix_spawn returns: on a busy machine a few ms late
+    assert SLEEP_SECS - 0.05 <= r["run_time_sec"]["Sleep"]["min"] < SLEEP_SECS + 5
 
 
 def test_report_for_a_tag_counts_only_those_jobs(campaign):

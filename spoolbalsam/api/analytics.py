@@ -45,6 +45,7 @@ from itertools import accumulate
 from operator import itemgetter, mul, sub
 from typing import Any, Iterable, NamedTuple
 
+from ..gcpause import paused
 from ..launch.resources import NODE_UNITS
 
 RUNNING = "RUNNING"
@@ -230,8 +231,9 @@ def allocation_changes(spans: Iterable[tuple[float, float | None, int]]) -> list
 def throughput_report(events: Iterable[Any], to_state: str = "JOB_FINISHED"
                       ) -> tuple[list[_dt.datetime], list[int]]:
     """(times, cumulative count) of the transitions into ``to_state``."""
-    times = finish_times((as_transition(e) for e in events), to_state)
-    return _to_datetimes(times), list(range(1, len(times) + 1))
+    with paused():
+        times = finish_times((as_transition(e) for e in events), to_state)
+        return _to_datetimes(times), list(range(1, len(times) + 1))
 
 
 def utilization_report(events: Iterable[Any], node_weighting: bool = True, unit: str = "nodes"
@@ -242,10 +244,11 @@ def utilization_report(events: Iterable[Any], node_weighting: bool = True, unit:
         raise ValueError(f"unit must be one of {', '.join(UNITS)}, got {unit!r}")
     if unit == "nodes" and not node_weighting:
         unit = "jobs"
-    spans = runs(as_transition(e) for e in events)
-    times, values = step_series(busy_changes(spans, (weight(r.data, unit) for r in spans)),
-                                scale(unit))
-    return _to_datetimes(times), values
+    with paused():
+        spans = runs(as_transition(e) for e in events)
+        times, values = step_series(busy_changes(spans, (weight(r.data, unit) for r in spans)),
+                                    scale(unit))
+        return _to_datetimes(times), values
 
 
 def _batch_span(bj: Any) -> tuple[float | None, float | None, int]:

@@ -21,6 +21,7 @@ from __future__ import annotations
 import datetime as _dt
 from operator import itemgetter
 
+from ..gcpause import paused
 from ..spool import fsio
 from ..spool.query import Filter, select
 from .query import SimpleQuery, _as_list, _epoch, _job_id, _kv, fine_states
@@ -140,7 +141,9 @@ class EventLogQuery(SimpleQuery):
             after = _epoch(c["timestamp_after"]) if "timestamp_after" in c else None
             before = _epoch(c["timestamp_before"]) if "timestamp_before" in c else None
             tags = _kv(c["tags"], "tags") if "tags" in c else None
-            self._cache = [e for e in transitions(layout, ids, tags)
+            with paused():         # 400k events at 100k jobs: 2.4x faster without the GC
+                found = transitions(layout, ids, tags)
+            self._cache = [e for e in found
                            if (to is None or e.to_state in to)
                            and (frm is None or e.from_state in frm)
                            and (after is None or e._t > after)

@@ -26,8 +26,7 @@ Reads only; writes nothing, so it is safe beside a running site and launchers.
   launcher that died without writing ``ended_at`` ended when the site retired it; one still
   alive is open (until now).  Times are the launchers' own wall clocks, like their events.
 
-The cyclic GC is paused while this reads (``paused_gc``): millions of small objects, none
-cyclic, would otherwise be walked again and again (at 100k jobs it tripled the time).
+The cyclic GC is paused while this reads (``gcpause``): at 100k jobs it tripled the time.
 
 # race: logs grow and records move while this reads.  A log's last line may be half
 # written (it is left out, as every reader does); a job moving between directories is seen
@@ -37,14 +36,13 @@ cyclic, would otherwise be walked again and again (at 100k jobs it tripled the t
 """
 from __future__ import annotations
 
-import gc
 import re
 import time
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from .. import settings as settings_mod
+from ..gcpause import paused
 from ..api.analytics import Transition
 from ..api.events import log_paths, merge
 from ..spool import fsio
@@ -180,23 +178,8 @@ def batch_allocations(layout: Layout, gpus_per_node: int) -> list[Allocation]:
     return out
 
 
-@contextmanager
-def paused_gc():
-    """The cyclic GC paused: reading ~400k log lines and 100k records builds millions of
-    objects, none of them cyclic, and the GC would walk them all again and again (at 100k
-    jobs it tripled the time of reading the logs)."""
-    paused = gc.isenabled()
-    if paused:
-        gc.disable()
-    try:
-        yield
-    finally:
-        if paused:
-            gc.enable()
-
-
 def gather(layout: Layout, tags: dict[str, str] | None = None, now: float | None = None) -> Campaign:
-    with paused_gc():
+    with paused():                  # millions of small objects, none cyclic (see gcpause)
         return _gather(layout, dict(tags or {}), now)
 
 
