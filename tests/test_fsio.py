@@ -192,3 +192,11 @@ def test_reading_a_log_in_any_chunks_yields_each_event_once(events, data):
             new, off = fsio.read_lines_from(p, off)
             got += new
         assert got == events
+
+
+def test_iter_lines_streams_what_read_lines_from_returns(tmp_path):
+    p = tmp_path / "ev.jsonl"
+    with open(p, "wb") as f:
+        f.write(b'{"a": 1}\n\n{not json}\n{"b": 2}\n{"c": ')     # an empty line, a corrupt one, a torn tail
+    assert list(fsio.iter_lines(p)) == fsio.read_lines_from(p, 0)[0] == [{"a": 1}, {"b": 2}]
+    assert list(fsio.iter_lines(tmp_path / "none.jsonl")) == []

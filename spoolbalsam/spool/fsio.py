@@ -18,8 +18,8 @@ Guarantees
   by listings (see ``list_names``).
 * ``AppendLog`` is a single-writer JSONL file: one ``os.write`` of a newline-terminated line
   per record on an O_APPEND descriptor.  Exactly one process ever appends to a given log
-  (O_APPEND is not atomic on NFS); ``read_lines_from`` drops a trailing partial line so a
-  reader never sees half an event.
+  (O_APPEND is not atomic on NFS); ``read_lines_from`` (and ``iter_lines``, which streams
+  a whole log) drops a trailing partial line so a reader never sees half an event.
 * Nothing here uses ``shutil.move``: on EXDEV it silently copies, which would turn a state
   change into a duplicate.  A cross-device rename is a configuration error and raises.
 """
@@ -422,6 +422,25 @@ def parse_lines(data: bytes, offset: int = 0) -> tuple[list[tuple[dict, int]], i
             except orjson.JSONDecodeError:
                 continue
     return out, offset + pos
+
+
+def iter_lines(path: Path) -> Iterator[dict]:
+    """The events ``read_lines_from(path, 0)`` returns, streamed: the file is read a block
+    at a time, so a reader that keeps only part of each event never holds the whole log
+    (a 100 MB log parsed at once peaks near 800 MB)."""
+    try:
+        f = open(path, "rb")
+    except FileNotFoundError:
+        return
+    with f:
+        for line in f:
+            if line[-1:] != b"\n":
+                return                      # a trailing line still being written
+            if len(line) > 1:
+                try:
+                    yield orjson.loads(line)
+                except orjson.JSONDecodeError:
+                    continue
 
 
 def iter_json_files(directory: Path) -> Iterator[tuple[Path, dict]]:
