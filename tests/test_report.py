@@ -339,3 +339,14 @@ def test_on_a_batch_machine_the_allocation_is_the_batch_jobs(tmp_path):
     times, nodes = available_nodes(BatchJob.objects.filter(site_id=str(root)))
     assert [t.timestamp() for t in times] == pytest.approx([t0, t0 + 300, t0 + 600], abs=1e-5)
     assert nodes == [2, 3, 1]
+
+
+def test_app_ls_json_names_a_broken_app_with_its_error(tmp_path):
+    from helpers import write_app
+    root = make_site(tmp_path / "S")
+    write_app(root, "Broken", {"command_template": "x {{ a }}", "retry": "often"})
+    apps = {a["name"]: a for a in map(json.loads,
+                                      spool(root, "app", "ls", "--json").stdout.splitlines())}
+    assert set(apps) == {"Broken", "EchoHello", "Fail", "Sleep"}
+    assert set(apps["Broken"]) == {"name", "error"} and "retry" in apps["Broken"]["error"]
+    assert apps["Fail"]["retry"] == {"errors": 2, "timeouts": 5}
