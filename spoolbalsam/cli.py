@@ -225,8 +225,13 @@ def site_status(ctx, as_json):
     info = service.running_site(layout)
     s = _settings(layout)
     if as_json:
+        try:
+            table = index.load(layout, overlay=False)
+            idx = {"jobs": len(table), "last_change": table.t}
+        except index.IndexUnreadable as e:
+            idx = {"jobs": None, "error": str(e)}
         _print_json({"site": s["site_name"], "machine": s["machine"], "root": str(layout.root),
-                     "site_process": info, "counts": counts(layout)})
+                     "site_process": info, "query_index": idx, "counts": counts(layout)})
         return
     click.echo(f"site {s['site_name']} ({s['machine']}) at {layout.root}")
     click.echo(f"site process: {'running, pid %s on %s' % (info['pid'], info['host']) if info else 'stopped'}")

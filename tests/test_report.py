@@ -238,6 +238,7 @@ def test_listings_print_json(campaign):
     status = json.loads(spool(campaign, "site", "status", "--json").stdout)
     assert status["counts"] == _counts(campaign) and status["site_process"] is None
     assert status["machine"] == "local" and status["root"] == str(campaign)
+    assert status["query_index"]["jobs"] == len(_records(campaign))     # the site indexed them
 
     recs = _records(campaign)
     fail_id = next(i for i, x in recs.items() if x["app"] == "Fail")
