@@ -49,7 +49,7 @@ from ..api.events import log_paths, merge
 from ..spool import fsio
 from ..spool.layout import Layout
 from ..spool.lease import read_lease
-from ..spool.query import Filter, counts, select
+from ..spool.query import JOB_DIRS, Filter, counts, select
 
 _EMPTY: dict = {}
 _ULID = re.compile(r"\b[0-9a-hjkmnp-tv-z]{26}\b")
@@ -223,8 +223,7 @@ def _gather(layout: Layout, tags: dict[str, str], now: float | None) -> Campaign
     timings["read records"] = clock() - t
 
     t = clock()
-    states = counts(layout) if not tags else {d: tally.get(d, 0) for d in (
-        "created", "waiting", "ready", "running", "done", "failed")}
+    states = counts(layout) if not tags else {d: tally.get(d, 0) for d in JOB_DIRS}
     timings["count states"] = clock() - t
 
     t = clock()

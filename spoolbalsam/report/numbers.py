@@ -25,9 +25,10 @@ import math
 
 from ..api.analytics import (allocation_changes, busy_changes, finish_times, integral,
                              node_units, runs, scale, step_series, tile_count)
+from ..spool.query import JOB_DIRS
 from .gather import Campaign
 
-STATE_ORDER = ("created", "waiting", "ready", "running", "done", "failed", "rejected")
+STATE_ORDER = JOB_DIRS + ("rejected",)
 
 
 def quantile(sorted_values: list[float], q: float) -> float:
@@ -98,7 +99,8 @@ def report(c: Campaign) -> dict:
         "site": c.site, "machine": c.machine, "tags": c.tags,
         "start": t0, "end": t1, "minutes": minutes,
         "jobs": sum(v for k, v in c.states.items() if k != "rejected"),
-        "states": {k: c.states[k] for k in STATE_ORDER if k in c.states},
+        "states": {**{k: c.states[k] for k in STATE_ORDER if k in c.states},
+                   **{k: v for k, v in c.states.items() if k not in STATE_ORDER}},
         "finished": {"count": len(finishes), "per_minute": len(finishes) / minutes if minutes > 0 else None,
                      "minutes": rel(finishes), "cumulative": list(range(1, len(finishes) + 1))},
         "running_now": sum(1 for r in spans if r.end is None),

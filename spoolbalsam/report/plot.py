@@ -21,9 +21,9 @@ from ..api.analytics import integral
 from ..spool import fsio
 
 INSTALL_HINT = "pip install 'spoolbalsam[plot]' (matplotlib)"
-STATE_COLORS = {"created": "#9e9e9e", "waiting": "#b39ddb", "ready": "#64b5f6",
-                "running": "#ffb74d", "done": "#66bb6a", "failed": "#e57373",
-                "rejected": "#8d6e63"}
+STATE_COLORS = {"created": "#9e9e9e", "waiting": "#b39ddb", "stagein": "#4dd0e1",
+                "ready": "#64b5f6", "running": "#ffb74d", "stageout": "#aed581",
+                "done": "#66bb6a", "failed": "#e57373", "rejected": "#8d6e63"}
 MAX_APPS = 12
 BINS = 600          # slices of the time axis when a busy series has more points than pixels
 
