@@ -21,7 +21,10 @@ One ``tick(now)``:
    resources are free at once);
 3. near the walltime (or on SIGTERM / a stop file): stop starting jobs, SIGTERM running
    ones, SIGKILL after the grace; they end RUN_TIMEOUT and go back to ``ready/`` for the
-   next allocation;
+   next allocation.  Kill requests (``spool.kills``: one ``stat`` of ``launchers/L/kill.bell``
+   at most every ``kills.LOOK_SEC`` while a job is held) stop the jobs they name the same
+   way, or drop them from the starter, or kill their hook; those end ``KILLED`` in
+   ``failed/`` and are not retried;
 4. fill free resources: read candidates from a random bucket of ``ready/``, keep those whose
    tags match, whose ``wall_time_min`` fits the time left and that could ever fit here; let
    ``placement.choose`` place them (no head-of-line blocking, no starvation), claim each by
@@ -49,11 +52,11 @@ from typing import NamedTuple
 
 from ..spool import states as S
 from ..apps import AppRegistry
-from ..spool import bell, fsio
+from ..spool import bell, fsio, kills
 from ..spool.events import apply_event
 from ..spool.ids import new_id
 from ..spool.layout import Layout
-from ..spool.lease import LeaseWriter, proc_start
+from ..spool.lease import LeaseWriter, job_processes, proc_start
 from ..spool.policy import after_failure, policy_for
 from ..spool.store import Store, read_job, read_job_stat, same_file
 from ..transfer.items import has_stage_out
@@ -130,6 +133,9 @@ class Launcher:
         for d in (self.dir, self.rdir, self.limbo):
             d.mkdir(parents=True, exist_ok=True)
         self.events = fsio.AppendLog(self.dir / "events.jsonl")
+        self.mailbox = kills.Mailbox.open(self.dir)     # before the first claim (kills)
+        self.kill_files: dict[Path, tuple[kills.Request, set[str]]] = {}   # to delete
+        self.killed: set[str] = set()           # killed this tick: strays to sweep (_sweep)
         self.lease = LeaseWriter(self.dir / "lease.json", settings.get("lease_interval_sec", 5.0),
                                  host=fsio.HOST, pid=os.getpid(), pid_start=proc_start(os.getpid()),
                                  mode=mode, batch_job=batch_job, scheduler_id=scheduler_id,
@@ -202,6 +208,7 @@ class Launcher:
         self.lease.beat(now)
         if (self.dir / "stop").exists():
             self.request_stop("stop requested")
+        self._look_for_kills(now)
         if now >= self.end_at - self.margin:
             self.request_stop("walltime nearly used up")
         ended = self.collect(now)
@@ -295,6 +302,7 @@ class Launcher:
             deadline = time.monotonic() + self.grace + 5
             while time.monotonic() < deadline and (
                     self.running or (self.hooks and time.monotonic() < self.hooks_cut_at)):
+                self._look_for_kills(time.monotonic())
                 self.reap(time.monotonic())
                 time.sleep(0.01)
             for h in self.hooks:
@@ -317,6 +325,9 @@ class Launcher:
             if job_id not in self.running:
                 if self.store.move(self.rdir / name, self.layout.job_path("ready", job_id)):
                     self.store.drop_token(job_id)
+        if not fsio.list_names(self.rdir):   # no job left here for any request to name
+            self.mailbox.clear()
+            self.kill_files.clear()
         if self._starter is not None:
             self._starter.close()
         self.events.close()
@@ -350,7 +361,10 @@ class Launcher:
                 self.launches -= 1
                 self.mpiexecs -= run.used_mpi
                 self.standbys -= run.after is not None
-                if run.proc.dropped is not None:   # not the job's fault: back, unchanged
+                if run.kill is not None:           # stopped before it started: as asked
+                    self._fail_start(run.path, run.record, None,
+                                     f"{run.kill.describe()} before it started", S.KILLED)
+                elif run.proc.dropped is not None:   # not the job's fault: back, unchanged
                     log.info("job %s not started: %s", job_id, run.proc.dropped)
                     if self.store.move(run.path, self.layout.job_path("ready", job_id)):
                         self.store.drop_token(job_id)
@@ -396,6 +410,8 @@ class Launcher:
         moves += [self._after_hook(h.rec, *h.then, res)
                   for h, res in self._hooks_done(self.hooks, now)]
         moves = [m for m in moves if m is not None]
+        if self.killed:
+            self._sweep()
         if moves and not self.verdicts:
             self.verdicts_since = now
         self.verdicts += moves
@@ -451,6 +467,13 @@ class Launcher:
                    "affinity": rec.get("affinity") or {}}
         if app is not None and app.python_class:       # only a run() app leaves a result
             details.update(pyapp.result_fields(run.out.parent, rec))
+        if run.kill is not None and run.proc.signalled:
+            # race: a job the starter reaped before our signal reached it ended on its own
+            # and keeps its own verdict below (the request is then simply done with)
+            msg = run.kill.describe()
+            rec = self.emit(rec, S.KILLED, t=ended_at, msg=msg, error=msg, **details)
+            self.killed.add(run.job_id)
+            return lambda: self._finish(run, "failed", rec, ())
         # race: a job the starter reaped before our SIGTERM reached it ended on its own
         stopped = run.timed_out and run.proc.signalled
         if rc == 0 and not stopped:
@@ -527,6 +550,7 @@ class Launcher:
             ok = self.store.move(run.path, dst)
         else:
             ok = self.store.move_rewrite(run.path, dst, record, self.limbo)
+        self._moved_out(run.job_id)
         if not ok:
             # race: the site revoked this job (it judged us dead) while it ran; our verdict
             # stays in our event log for the record, but the job belongs to its next attempt.
@@ -875,13 +899,87 @@ class Launcher:
             self._starter = Starter()
         return self._starter
 
-    def _fail_start(self, path: Path, rec: dict, placement, msg: str) -> None:
+    def _fail_start(self, path: Path, rec: dict, placement, msg: str,
+                    state: str = S.FAILED) -> None:
         log.warning("job %s: %s", rec["id"], msg)
-        rec = self.emit(rec, S.FAILED, msg=msg, error=msg)
+        rec = self.emit(rec, state, msg=msg, error=msg)
         self.events.flush()
         if self.store.move_rewrite(path, self.layout.job_path("failed", rec["id"]), rec, self.limbo):
             self.store.drop_token(rec["id"])
+        self._moved_out(rec["id"])
         self._unplace(placement)
+
+    # ---- kill requests (spool.kills) ------------------------------------------------------
+    def _look_for_kills(self, now: float) -> None:
+        """Act on new kill requests; only while a job is held (an idle launcher holds
+        nothing a request could name, and pays nothing)."""
+        if not (self.running or self.preparing or self.hooks):
+            return
+        for req in self.mailbox.look(now):
+            held = {job_id for job_id in req.jobs if self._kill(job_id, req)}
+            if held:
+                self.kill_files[req.path] = (req, held)
+            else:
+                self.mailbox.done(req)
+
+    def _kill(self, job_id: str, req: kills.Request) -> bool:
+        """Stop ``job_id`` if we hold it at the attempt ``req`` names.  True while the job
+        is still in running/L/ afterwards (its verdict follows); False if we do not hold it
+        or it has already been moved out."""
+        run = self.running.get(job_id)
+        if run is not None:
+            if not req.wants(job_id, run.record.get("attempt", 1)):
+                return False
+            log.info("job %s: %s; stopping it", job_id, req.describe())
+            if run.kill is None:
+                run.kill = req
+            # SIGTERM to its process group now (mpiexec takes it to every rank), SIGKILL
+            # after the grace; a standby not yet started is dropped by the starter.
+            runner.terminate(run, self.grace)
+            return True
+        for h in self.preparing:
+            if h.rec["id"] == job_id and req.wants(job_id, h.rec.get("attempt", 1)):
+                self.preparing.remove(h)
+                h.hook.expire(0)             # its process group killed, its temps removed
+                self._fail_start(h.path, h.rec, h.then[0],
+                                 f"{req.describe()} before it started (in preprocess)",
+                                 S.KILLED)
+                return False
+        for h in self.hooks:
+            if h.rec["id"] == job_id and req.wants(job_id, h.rec.get("attempt", 1)):
+                self.hooks.remove(h)
+                h.hook.expire(0)
+                run, hook = h.then[0], h.then[1]
+                msg = f"{req.describe()} (in {hook})"
+                rec = self.emit(h.rec, S.KILLED, msg=msg, error=msg)
+                if not self.verdicts:
+                    self.verdicts_since = time.monotonic()
+                self.verdicts.append(lambda: self._finish(run, "failed", rec, ()))
+                return True
+        return False
+
+    def _sweep(self) -> None:
+        """SIGKILL what is left on this node of the jobs killed this tick: processes that
+        left the job's process group (a daemon, ``setsid``) still carry its SPOOL_JOB_ID.
+        One pass over /proc for all of them."""
+        ids, self.killed = self.killed, set()
+        for pid in job_processes(self.layout.root, ids):
+            try:
+                os.kill(pid, signal.SIGKILL)
+                log.info("killed process %d, left behind by killed job(s) %s", pid,
+                         ", ".join(sorted(ids)))
+            except (ProcessLookupError, PermissionError):
+                pass
+
+    def _moved_out(self, job_id: str) -> None:
+        """``job_id`` has left running/L/: delete the kill requests that waited for it."""
+        if not self.kill_files:
+            return
+        for path, (req, held) in list(self.kill_files.items()):
+            held.discard(job_id)
+            if not held:
+                self.mailbox.done(req)
+                del self.kill_files[path]
 
 
 def _cleanup(workdir: Path, globs) -> None:

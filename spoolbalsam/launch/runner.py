@@ -42,6 +42,7 @@ class Running:
     standby: str | None = None            # the job that starts when this one is reaped
     holds: bool = True                    # releases the placement when it leaves (a
                                           # standby holds it once its predecessor left)
+    kill: object = None                   # the kill request stopping it (spool.kills)
     extra: dict = field(default_factory=dict)
 
     @property

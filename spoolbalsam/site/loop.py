@@ -13,7 +13,9 @@ One ``tick()`` does, in order:
    done move to ``ready/``; children of a failed parent fail, naming it.
 3. **liveness** — every launcher's lease is judged (``spool.lease``).  The jobs of a dead
    launcher are revoked: renamed out of ``running/L/`` (the commit point) and republished in
-   ``ready/`` with ``attempt + 1`` (or ``failed/`` when the retry policy is spent).
+   ``ready/`` with ``attempt + 1`` (or ``failed/`` when the retry policy is spent).  The
+   launcher's kill mailbox is closed first (``spool.kills``): a job it was asked to kill
+   goes to ``failed/`` as KILLED instead.
 4. **batch jobs** — pending submissions go to the scheduler; ended allocations are noticed.
 
 Between merge and liveness, **staging** (``site.transfers``) collects finished transfer
@@ -47,12 +49,12 @@ import orjson
 
 from ..spool import states as S
 from ..apps import AppRegistry
-from ..spool import bell, fsio
+from ..spool import bell, fsio, kills
 from ..spool.events import apply_event, event_logs, merge_state, save_merge_state, settled_prefix
 from ..spool.index import COMPACT_MIN, Keeper
 from ..spool.ids import new_id, valid_id
 from ..spool.layout import MARKER, Layout
-from ..spool.lease import DEAD, EXITED, LeaseJudge, read_lease
+from ..spool.lease import DEAD, EXITED, LeaseJudge, job_processes, read_lease
 from .bulk import BulkIntake
 from .intake import check_job, first_dir, parents_first
 from .transfers import Staging, verdict_dir
@@ -66,27 +68,6 @@ INTAKE_BURST = 64        # a tick that took in this many looks again at once, un
 INTAKE_BUDGET = 1.0      # seconds of intake per tick before merges and liveness get a turn
 SETTLE_PERIOD = 30.0     # seconds between backstop checks of every waiting job's parents
 INDEX_CHECK_PERIOD = 600.0   # seconds for the background check to cover every bucket once
-
-
-def job_processes(site_root: Path, job_ids: set[str]) -> list[int]:
-    """Pids on this host whose environment says they run one of ``job_ids`` of this site."""
-    want_site = f"SPOOL_SITE={site_root}".encode()
-    found = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit() or int(entry) == os.getpid():
-            continue
-        try:
-            with open(f"/proc/{entry}/environ", "rb") as f:
-                env = f.read().split(b"\0")
-        except OSError:
-            continue
-        if want_site not in env:
-            continue
-        for var in env:
-            if var.startswith(b"SPOOL_JOB_ID=") and var[13:].decode(errors="replace") in job_ids:
-                found.append(int(entry))
-                break
-    return found
 
 
 def _alive(pid: int) -> bool:
@@ -549,6 +530,9 @@ class Site:
         names = fsio.list_names(rdir)
         if names:
             self._kill_orphans({n[:-5] for n in names})
+        # After the close no kill request can reach the launcher any more; its writers see
+        # that and follow their jobs (see spool.kills).
+        asked = kills.close(ldir)
         n = 0
         for name in names:
             src = rdir / name
@@ -556,7 +540,7 @@ class Site:
                 rec = read_job(src, "running")
             except FileNotFoundError:
                 continue
-            n += self._revoke_job(src, rec, launcher, why)
+            n += self._revoke_job(src, rec, launcher, why, asked.get(rec["id"]))
         try:
             rdir.rmdir()
         except FileNotFoundError:
@@ -598,7 +582,8 @@ class Site:
         for p in victims:
             log.warning("process %d of a dead launcher's job would not die", p)
 
-    def _revoke_job(self, src: Path, rec: dict, launcher: str, why: str) -> int:
+    def _revoke_job(self, src: Path, rec: dict, launcher: str, why: str,
+                    kill: kills.Request | None = None) -> int:
         job_id = rec["id"]
         evs = self.unsettled.pop(job_id, None)
         if evs and evs[-1].get("attempt") == rec.get("attempt"):
@@ -615,15 +600,22 @@ class Site:
                     (self._release_children if where == "done" else self._fail_children)(job_id)
             return 1
         msg = f"launcher {launcher} {why} while the job was claimed"
-        app = self.apps.get(rec["app"])
-        where, state, fields, why_ = after_failure(rec, "timeouts", policy_for(app, rec), msg)
-        new = self.emit(rec, S.RUN_TIMEOUT, msg=msg)
-        new = self.emit(new, state, msg=why_, **fields)
+        if kill is not None and kill.wants(job_id, rec.get("attempt", 1)):
+            # race: the launcher was asked to kill this job and died before it had moved
+            # it (before it looked, or between its signal and its verdict); the request is
+            # still in the mailbox we closed, so the job must not go back to ready/.
+            where, kill_msg = "failed", f"{kill.describe()}; {msg}"
+            new = self.emit(rec, S.KILLED, msg=kill_msg, error=kill_msg)
+        else:
+            app = self.apps.get(rec["app"])
+            where, state, fields, why_ = after_failure(rec, "timeouts", policy_for(app, rec), msg)
+            new = self.emit(rec, S.RUN_TIMEOUT, msg=msg)
+            new = self.emit(new, state, msg=why_, **fields)
         self.events.flush()          # a crash mid-move is finished from these events
         if self.store.move_rewrite(src, self.layout.job_path(where, job_id), new, self.limbo):
             self.index.moved(job_id, new["state"], new.get("attempt", 1))
             self.store.drop_token(job_id)
-            log.info("revoked job %s from launcher %s -> %s", job_id, launcher, state)
+            log.info("revoked job %s from launcher %s -> %s", job_id, launcher, new["state"])
             if where == "failed":
                 self._fail_children(job_id)
             return 1

@@ -83,7 +83,7 @@ def verdict_dir(ev: dict) -> str | None:
     to = ev.get("to")
     if to == S.JOB_FINISHED:
         return "done"
-    if to == S.FAILED:
+    if to in (S.FAILED, S.KILLED):
         return "failed"
     if to == S.POSTPROCESSED and ev.get("stage_out"):
         return "stageout"

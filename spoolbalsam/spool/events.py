@@ -23,6 +23,7 @@ from .layout import Layout
 from .record import transition
 
 RUN_ENDS = ("RUN_DONE", "RUN_ERROR", "RUN_TIMEOUT")
+STARTED_BY = RUN_ENDS + ("KILLED",)       # events that say when the run they end started
 DETAIL_FIELDS = ("return_code", "host", "launcher", "batch_job", "started_at", "ended_at",
                  "error", "placement", "affinity", "retries", "result", "exception",
                  "data", "transfer_items")
@@ -41,7 +42,7 @@ def apply_event(rec: dict, ev: dict) -> dict:
     fields = {k: ev[k] for k in DETAIL_FIELDS if k in ev}
     if "attempt" in ev:
         fields["attempt"] = ev["attempt"]
-    if ev["to"] in RUN_ENDS and rec.get("state") != "RUNNING" and ev.get("started_at"):
+    if ev["to"] in STARTED_BY and rec.get("state") != "RUNNING" and ev.get("started_at"):
         # The RUNNING event may have been merged away (the site keeps no per-job state
         # for running jobs); the end of a run says when it started, so the step is kept.
         rec = transition(rec, "RUNNING", ev.get("by", "?"), t=ev["started_at"])

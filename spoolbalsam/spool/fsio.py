@@ -78,11 +78,13 @@ def sync_filesystem(path: Path) -> None:
         os.close(fd)
 
 
-def _write_temp(path: Path, data: bytes, fsync: bool) -> Path:
+def _write_temp(path: Path, data: bytes, fsync: bool, make_parent: bool = True) -> Path:
     tmp = temp_name(path)
     try:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
     except FileNotFoundError:
+        if not make_parent:
+            raise
         path.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
     try:
@@ -99,11 +101,19 @@ def _write_temp(path: Path, data: bytes, fsync: bool) -> Path:
     return tmp
 
 
-def write_atomic(path: Path, data: bytes, *, durable: bool = True) -> None:
-    """Publish ``data`` at ``path`` whole.  ``durable=False`` skips the fsyncs (leases)."""
-    tmp = _write_temp(path, data, durable)
+def write_atomic(path: Path, data: bytes, *, durable: bool = True,
+                 make_parent: bool = True) -> None:
+    """Publish ``data`` at ``path`` whole.  ``durable=False`` skips the fsyncs (leases).
+
+    ``make_parent=False``: a missing directory is a FileNotFoundError, never created --
+    also when it is renamed away between the temp and its rename (a closed mailbox,
+    ``spool.kills``)."""
+    tmp = _write_temp(path, data, durable, make_parent)
     try:
-        rename(tmp, path)
+        if make_parent:
+            rename(tmp, path)
+        else:
+            os.rename(tmp, path)
     except BaseException:
         _unlink_quiet(tmp)
         raise
@@ -111,8 +121,8 @@ def write_atomic(path: Path, data: bytes, *, durable: bool = True) -> None:
         fsync_dir(path.parent)
 
 
-def write_json_atomic(path: Path, obj, *, durable: bool = True) -> None:
-    write_atomic(path, dumps(obj), durable=durable)
+def write_json_atomic(path: Path, obj, *, durable: bool = True, make_parent: bool = True) -> None:
+    write_atomic(path, dumps(obj), durable=durable, make_parent=make_parent)
 
 
 class Spares:

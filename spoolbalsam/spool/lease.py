@@ -83,6 +83,27 @@ def pid_alive(pid: int, start: str | None = None) -> bool:
         return True
 
 
+def job_processes(site_root: Path, job_ids: set[str]) -> list[int]:
+    """Pids on this host whose environment says they run one of ``job_ids`` of this site."""
+    want_site = f"SPOOL_SITE={site_root}".encode()
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit() or int(entry) == os.getpid():
+            continue
+        try:
+            with open(f"/proc/{entry}/environ", "rb") as f:
+                env = f.read().split(b"\0")
+        except OSError:
+            continue
+        if want_site not in env:
+            continue
+        for var in env:
+            if var.startswith(b"SPOOL_JOB_ID=") and var[13:].decode(errors="replace") in job_ids:
+                found.append(int(entry))
+                break
+    return found
+
+
 @dataclass
 class LeaseJudge:
     """The site's memory of every lease: (seq, monotonic time it last changed)."""

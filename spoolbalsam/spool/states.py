@@ -13,7 +13,8 @@ jobs/ready/        READY           READY, STAGED_IN, PREPROCESSED, RESTART_READY
 jobs/running/L/    RUNNING         RUNNING, RUN_DONE, RUN_ERROR, RUN_TIMEOUT (in flight)
 jobs/stageout/     POSTPROCESSED   POSTPROCESSED: outputs being staged out
 jobs/done/         JOB_FINISHED    JOB_FINISHED, RUN_DONE, STAGED_OUT
-jobs/failed/       FAILED          FAILED (the record says why, and which attempt)
+jobs/failed/       FAILED          FAILED (the record says why, and which attempt),
+                                   KILLED (stopped or cancelled by ``spool job kill``)
 jobs/rejected/     REJECTED        not a job: a dropped file the site refused
 =================  ==============  ===============================================
 
@@ -47,6 +48,7 @@ STAGED_OUT = "STAGED_OUT"
 JOB_FINISHED = "JOB_FINISHED"
 FAILED = "FAILED"
 REJECTED = "REJECTED"
+KILLED = "KILLED"          # not Balsam's: a job stopped or cancelled on request (``kill``)
 
 # directory name -> coarse state
 DIR_STATE = {
@@ -69,11 +71,13 @@ STATE_DIR = {
     POSTPROCESSED: "stageout", STAGED_OUT: "done", JOB_FINISHED: "done",
     FAILED: "failed",
     REJECTED: "rejected",
+    KILLED: "failed",      # last, so the states before it keep their positions
 }
 ALL_STATES = tuple(STATE_DIR)
 SHARDED_DIRS = ("waiting", "stagein", "ready", "stageout", "done", "failed")
 STAGING_DIRS = ("stagein", "stageout")
 TERMINAL_DIRS = ("done", "failed")
+FINAL_STATES = (JOB_FINISHED, FAILED, KILLED)   # a launcher's last event for an attempt
 
 
 def parse_state(text: str) -> tuple[str, str | None]:
