@@ -508,7 +508,7 @@ def job_ls(ctx, state, exclude_state, tag, app_name, workdir, ids, by_state, cou
     out.write(f"{'ID':28s} {'App':14s} {'Workdir':28s} {'State':17s} Tags\n")
     for r in itertools.chain([first], recs):
         tags = " ".join(f"{k}={v}" for k, v in (r.get("tags") or {}).items())
-        extra = f"  {r['error']}" if r["state"] in ("FAILED", "REJECTED") and r.get("error") else ""
+        extra = f"  {r['error']}" if r["state"] in ("FAILED", "KILLED", "REJECTED") and r.get("error") else ""
         out.write(f"{r['id']:28s} {r.get('app', ''):14s} {r.get('workdir', ''):28s} "
                   f"{r['state']:17s} {tags}{extra.splitlines()[0] if extra else ''}\n")
 
@@ -597,6 +597,64 @@ def job_retry(ctx, ids):
         if store.move_rewrite(loc[1], layout.job_path(dest, job_id), new, limbo):
             hints.send(layout, [job_id], "spool job retry")
             click.echo(f"Job {job_id} is ready again (attempt {new['attempt']})")
+
+
+@job.command("kill")
+@click.argument("ids", nargs=-1)
+@click.option("-t", "--tag", "-tag", multiple=True, help="Kill the jobs with these tags (KEY=VALUE; all must match).")
+@click.option("-s", "--state", multiple=True, help="Kill the jobs in this state (ready, RUNNING, …).")
+@click.option("-y", "--yes", is_flag=True, help="Do not ask before killing by --tag/--state.")
+@click.option("--timeout", type=float, default=60.0, show_default=True,
+              help="Seconds to wait for launchers to stop running jobs.")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per job.")
+@click.pass_context
+def job_kill(ctx, ids, tag, state, yes, timeout, as_json):
+    """Stop running jobs and cancel pending ones; they end in failed/ as KILLED.
+
+    A running job is stopped by the launcher that runs it (its whole process tree, on
+    whichever node); a created, waiting or ready job is cancelled without running.  One
+    line per job: killed, cancelled, already finished, or not found (exit 1 if any is not
+    found or could not be killed).  `spool job retry ID` brings a killed job back.
+    """
+    from . import kill as kill_mod
+    layout = _site(ctx)
+    if timeout < 0:
+        raise UserError(f"--timeout {timeout:g}: must be >= 0 seconds")
+    if not (ids or tag or state):
+        raise UserError("say which jobs: IDs, --tag KEY=VALUE or --state STATE")
+    named = list(ids)
+    if tag or state:
+        flt = _job_filter(state, (), tag, None, None, ())
+        if not any(d in kill_mod.PENDING_DIRS for d in flt.dirs):
+            raise UserError(f"--state {' '.join(state)}: only created, waiting, ready or "
+                            "running jobs can be killed")
+        found = [i for i in kill_mod.killable(layout, flt) if i not in named]
+        if found and not yes:
+            click.confirm(f"Really kill {len(found)} job(s)?", abort=True)
+        named += found
+        if not named:
+            if not as_json:
+                click.echo("No jobs match.")
+            return
+
+    def show(o):
+        if as_json:
+            import orjson
+            click.echo(orjson.dumps(o.to_json()).decode())
+        else:
+            click.echo(o.line())
+    report = kill_mod.kill(layout, named, timeout=timeout, on_outcome=show)
+    for child, parent in report.children_failed:
+        if as_json:
+            import orjson
+            click.echo(orjson.dumps({"id": child, "outcome": "failed", "state": "FAILED",
+                                     "message": f"parent {parent} failed"}).decode())
+        else:
+            click.echo(f"{child} failed: it was waiting for {parent}")
+    bad = [o for o in report.outcomes if not o.ok]
+    if bad:
+        kinds = sorted({o.outcome.replace("_", " ") for o in bad})
+        raise UserError(f"{len(bad)} of {len(report.outcomes)} job(s) {' or '.join(kinds)}")
 
 
 # ---------------------------------------------------------------------------------------

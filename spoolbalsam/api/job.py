@@ -16,7 +16,9 @@ Guarantees
   launcher wins, the change is retried on the job's new place or refused.  Running jobs
   are refused (``Job.Busy``); a job the site has not taken in yet (``jobs/created/``) is
   waited for while the site runs.  ``delete()`` renames the record out to
-  ``site/removed/`` (like ``spool job rm``); its ``data/`` directory stays.
+  ``site/removed/`` (like ``spool job rm``); its ``data/`` directory stays.  ``kill()``
+  stops a running job through its launcher or cancels a pending one (``spoolbalsam.kill``,
+  shared with ``spool job kill``).
 * Reading (``refresh_from_db``, queries) goes through ``spool.query.select``, so a job shows
   the launchers' verdicts even while the site is stopped.
 * ``result()`` returns what a ``run()`` app returned, or raises its exception again as a
@@ -383,7 +385,7 @@ class Job:
         self._vanished()
 
     def done(self) -> bool:
-        """Refresh, then True if the job is JOB_FINISHED or FAILED."""
+        """Refresh, then True if the job is JOB_FINISHED, FAILED or KILLED."""
         self.refresh_from_db()
         return self.state in DONE_STATES
 
@@ -476,6 +478,22 @@ class Job:
     def _remove(self) -> bool:
         return _remove(self._site(), self.id)
 
+    def kill(self, timeout: float = 60.0) -> str:
+        """Stop the job if it runs (through its launcher), cancel it if it is pending; it
+        ends in failed/ as KILLED (``spool job kill``).  Returns ``"killed"``,
+        ``"cancelled"`` or ``"finished"`` (it had ended already), and refreshes the job.
+        ``Job.Busy`` if its launcher did not stop it within ``timeout`` seconds (the
+        request stands) or it cannot be killed now."""
+        if self.id is None:
+            raise self.DoesNotExist("this job was never saved (id is None)")
+        [outcome] = _kill(self._site(), [self.id], timeout)
+        if outcome.outcome == "not_found":
+            self._vanished()
+        if not outcome.ok:
+            raise JobBusy(f"job {self.id}: {outcome.message}")
+        self.refresh_from_db()
+        return outcome.outcome
+
     # ---- results ----------------------------------------------------------------------------------
     def result_nowait(self):
         """The run() app's return value, or its exception raised again; ``Job.NoResult`` if
@@ -494,8 +512,8 @@ class Job:
             return res["return_value"]
         if exc is not None:
             raise _as_failure(exc, self.id)
-        if rec.get("state") == S.FAILED:
-            raise JobFailed(f"job {self.id} FAILED: {rec.get('error') or 'no reason recorded'}",
+        if rec.get("state") in (S.FAILED, S.KILLED):
+            raise JobFailed(f"job {self.id} {rec['state']}: {rec.get('error') or 'no reason recorded'}",
                             job_id=self.id)
         raise self.NoResult(f"job {self.id} ({rec.get('state')}) has no return value or "
                             "exception" + ("" if rec.get("state") in DONE_STATES else " yet"))
@@ -654,6 +672,13 @@ def _validated(changes: dict, rec: dict, layout: Layout, source: str) -> dict:
         if problem:
             raise SubmitError(f"{source}: field 'parameters': {problem}")
     return out
+
+
+def _kill(layout: Layout, ids: list[str], timeout: float) -> list:
+    """``spoolbalsam.kill.kill`` through this process's limbo; the outcomes."""
+    from ..kill import kill
+    return kill(layout, ids, why=f"killed through the API ({_writer()})", timeout=timeout,
+                limbo=_limbo(layout)).outcomes
 
 
 def _remove(layout: Layout, job_id: str) -> bool:

@@ -21,6 +21,8 @@ Guarantees
   ``TypeError`` naming it.  ``order_by``: ``id``, ``state``, ``workdir``, ``created``,
   ``last_update``, ``app_id``, ``num_nodes``, ``wall_time_min``, each with ``-`` for
   descending; the default order is by id (generated ids sort by creation time).
+* ``kill()`` stops the matched jobs that run and cancels the pending ones
+  (``spoolbalsam.kill``, the code of ``spool job kill``); they end in failed/ as KILLED.
 * ``update(**fields)`` and ``delete()`` act job by job through the model's own ``save`` /
   ``delete`` primitives (a move with rewrite, or a rename out); they refuse, before
   changing anything, when a matched job is running.
@@ -35,7 +37,7 @@ from typing import Any, Iterator
 from ..spool import states as S
 from ..spool.query import JOB_DIRS, Filter, count, ordered, select
 
-DONE_STATES = (S.JOB_FINISHED, S.FAILED)
+DONE_STATES = S.FINAL_STATES          # JOB_FINISHED, FAILED, KILLED
 
 
 class DoesNotExist(LookupError):
@@ -457,6 +459,29 @@ class JobQuery(Fetched):
         self._cache = None
         return n
 
+    def kill(self, timeout: float = 60.0) -> int:
+        """Kill the matched jobs that have not finished (running ones through their
+        launchers, pending ones cancelled; see ``Job.kill``); returns how many were killed
+        or cancelled.  ``Job.Busy`` names those not stopped within ``timeout`` seconds."""
+        from ..kill import PENDING_DIRS
+        from .job import _kill
+        self._cache = None
+        if self._cond.impossible:
+            return 0
+        flt = self._cond.to_filter()
+        flt.dirs = tuple(d for d in flt.dirs if d in PENDING_DIRS)     # finished: nothing to do
+        ids = [r["id"] for r in select(self.layout, flt) if self._cond.matches(r)
+               and not any(x.matches(r) for x in self._excludes)]
+        if not ids:
+            return 0
+        outcomes = _kill(self.layout, ids, timeout)
+        bad = [o for o in outcomes if not o.ok and o.outcome != "not_found"]
+        if bad:
+            raise self._manager.model.Busy(
+                f"{len(bad)} job(s) not killed: " + "; ".join(f"{o.id} {o.message}"
+                                                              for o in bad[:3]))
+        return sum(1 for o in outcomes if o.outcome in ("killed", "cancelled"))
+
     def _refuse_running(self, jobs: list, what: str) -> None:
         running = [j for j in jobs if j._dir == "running"]
         if running:
@@ -556,7 +581,7 @@ class JobManager:
     def wait(self, jobs, timeout: float | None = None, poll_interval: float = 1.0,
              return_when: str = "ALL_COMPLETED"):
         """Block until all (or, with ``FIRST_COMPLETED``, any) jobs are JOB_FINISHED or
-        FAILED, or ``timeout`` seconds pass.  Returns ``(done, not_done)`` lists."""
+        FAILED (or KILLED), or ``timeout`` seconds pass.  Returns ``(done, not_done)`` lists."""
         if return_when not in ("ALL_COMPLETED", "FIRST_COMPLETED"):
             raise ValueError(f"return_when must be ALL_COMPLETED or FIRST_COMPLETED, "
                              f"got {return_when!r}")
@@ -578,7 +603,7 @@ class JobManager:
         return WaitResult(done, not_done)
 
     def as_completed(self, jobs, timeout: float | None = None, poll_interval: float = 1.0):
-        """Yield each job as it reaches JOB_FINISHED or FAILED; ``TimeoutError`` once
+        """Yield each job as it reaches JOB_FINISHED, FAILED or KILLED; ``TimeoutError`` once
         ``timeout`` seconds have passed with jobs still pending."""
         pending = list(jobs)
         _need_saved(pending)
