@@ -465,14 +465,26 @@ def _fmt_time(t) -> str:
 @click.option("-r", "--reverse", is_flag=True, help="Newest first.")
 @click.option("-v", "--verbose", is_flag=True, help="Whole records.")
 @click.option("--json", "as_json", is_flag=True, help="One JSON record per line.")
+@click.option("--watch", is_flag=True, help="Live progress instead of a list: `spool watch`.")
 @click.pass_context
 def job_ls(ctx, state, exclude_state, tag, app_name, workdir, ids, by_state, count_only, limit,
-           offset, reverse, verbose, as_json):
+           offset, reverse, verbose, as_json, watch):
     """List jobs, oldest first (right even while the site is stopped)."""
     import itertools
 
     from .spool.query import count, counts, ordered
     layout = _site(ctx)
+    if watch:
+        given = [name for name, v in (("--state", state), ("--exclude-state", exclude_state),
+                                      ("--workdir", workdir), ("--id", ids),
+                                      ("--by-state", by_state), ("--count", count_only),
+                                      ("--limit", limit is not None), ("--offset", offset),
+                                      ("--reverse", reverse), ("--verbose", verbose)) if v]
+        if given:
+            raise UserError(f"--watch shows counts for --tag/--app; it does not take "
+                            f"{', '.join(given)}")
+        _watch(layout, tag, app_name, None, False, as_json)
+        return
     plain = not (state or exclude_state or tag or app_name or workdir or ids)
     if by_state and plain:
         for k, v in counts(layout).items():
@@ -511,6 +523,38 @@ def job_ls(ctx, state, exclude_state, tag, app_name, workdir, ids, by_state, cou
         extra = f"  {r['error']}" if r["state"] in ("FAILED", "KILLED", "REJECTED") and r.get("error") else ""
         out.write(f"{r['id']:28s} {r.get('app', ''):14s} {r.get('workdir', ''):28s} "
                   f"{r['state']:17s} {tags}{extra.splitlines()[0] if extra else ''}\n")
+
+
+@cli.command("watch")
+@click.option("-t", "--tag", "-tag", multiple=True, help="Watch the jobs with these tags (KEY=VALUE).")
+@click.option("-a", "--app", "app_name", help="Watch the jobs of this app.")
+@click.option("-i", "--interval", type=float,
+              help="Seconds between updates (default: 1 on a terminal, 10 otherwise).")
+@click.option("--forever", is_flag=True, help="Keep watching when nothing is left to run.")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per update.")
+@click.pass_context
+def watch_cmd(ctx, tag, app_name, interval, forever, as_json):
+    """Live progress: done, failed, running and pending jobs, rate and ETA.
+
+    Redraws in place on a terminal and prints one line per update otherwise.  Exits when
+    nothing is created, waiting, ready or running (--forever: never), or on Ctrl-C.
+    """
+    _watch(_site(ctx), tag, app_name, interval, forever, as_json)
+
+
+def _watch(layout: Layout, tag, app_name, interval, forever, as_json) -> None:
+    from . import progress
+    from .spool.query import Filter
+    if interval is not None and not interval > 0:
+        raise UserError(f"--interval {interval:g}: must be a number of seconds > 0")
+    tags = _kv(tag, "tag")
+    flt = Filter(tags=tags, app=app_name) if (tags or app_name) else None
+    what = " ".join([f"{k}={v}" for k, v in tags.items()] + ([f"app {app_name}"] if app_name else []))
+    title = f"spool watch  {layout.root.name}" + (f"  {what}" if what else "")
+    code = progress.watch(layout, flt=flt, title=title, interval=interval, forever=forever,
+                          json_lines=as_json)
+    if code:
+        sys.exit(code)
 
 
 @job.command("show")
