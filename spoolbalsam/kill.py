@@ -90,6 +90,16 @@ class _Round:
         self.limbo = store.limbo_index()
         self._pending: dict | None = None
         self._site: bool | None = None
+        self._intake: set[str] | None = None
+
+    def locate(self, job_id: str):
+        """``Store.locate`` with the round's limbo index, and once more with the limbos
+        looked at afresh if that finds nothing.
+
+        # race: the site's merges hold done/ and failed/ records in site/limbo for a
+        # moment all the time; a job that entered a limbo after the round's index was
+        # taken would otherwise be reported not found."""
+        return self.store.locate(job_id, self.limbo) or self.store.locate(job_id)
 
     def read(self, path: Path, where: str) -> dict | None:
         if self._pending is None:
@@ -105,8 +115,10 @@ class _Round:
 
     def in_intake(self, job_id: str) -> bool:
         """True if the site has taken the job's drop and not yet published it."""
-        return any(n.endswith(f"~{job_id}.json")
-                   for n in fsio.list_names(self.layout.site_dir / "intake", suffix=""))
+        if self._intake is None:
+            self._intake = {n.split("~", 1)[-1] for n in
+                            fsio.list_names(self.layout.site_dir / "intake", suffix="")}
+        return f"{job_id}.json" in self._intake
 
 
 def _inode(path: Path) -> int | None:
@@ -156,7 +168,7 @@ def kill(layout: Layout, ids: Iterable[str], *, why: str = "spool job kill",
                 if _inode(w[0]) == w[1]:
                     continue                     # still in running/L/: L has not moved it
                 del watch[job_id]
-            loc = store.locate(job_id, rnd.limbo)
+            loc = rnd.locate(job_id)
             if loc is None:
                 if rnd.site_running and rnd.in_intake(job_id):
                     seen.setdefault(job_id, "created")

@@ -149,6 +149,8 @@ def test_kill_by_tag_reports_each_job_and_exits_1_for_a_missing_one(running_site
     wait_for(lambda: locate(site, "keep") == "failed", 20, "the other child failed")
     assert record(site, "keep")["error"] == "parent run failed"
     assert record(site, "fin")["state"] == "JOB_FINISHED"
+    tally = spool(site, "job", "ls", "--tag", "camp=t", "--by-state").stdout.split()
+    assert tally == ["JOB_FINISHED", "1", "KILLED", "2"]
 
     res = _kill(site, "fin", "run", "nosuch")
     assert res.returncode == 1
