@@ -13,10 +13,15 @@ are started; no job exists.  Then:
   moment; the figure is its ``started_at`` (merged into its done record) minus the time of
   the ``submit_jobs`` call: intake, the ring, the launcher's next look and its start.
 
+With ``--holding`` the launcher first starts one long job (``sleep 3600`` on one of its two
+cores) and is measured while it holds it: the state of a launcher waiting for long jobs,
+which also looks at its kill bell (``spool.kills``: one ``stat`` at most every 0.2 s while
+it holds a job; an idle launcher does not look).
+
 Prints the figures.  Asserts nothing; removes its temp dirs; stops only the processes it
 started, by PID.
 
-    python bench/idle_launcher.py [--sec 10] [--jobs 5] [--dir D]
+    python bench/idle_launcher.py [--sec 10] [--jobs 5] [--holding] [--dir D]
 """
 from __future__ import annotations
 
@@ -66,7 +71,7 @@ def _strace(pid: int, sec: float, out: Path) -> dict[str, int]:
     calls = {}
     for line in out.read_text().splitlines():
         m = re.match(r"\s*[\d.]+\s+[\d.]+\s+\d+\s+(\d+)\s+(?:\d+\s+)?(\w+)\s*$", line)
-        if m:
+        if m and m.group(2) != "total":      # strace's summary line is not a call
             calls[m.group(2)] = int(m.group(1))
     return calls
 
@@ -83,10 +88,13 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--sec", type=float, default=10.0)
     ap.add_argument("--jobs", type=int, default=5)
+    ap.add_argument("--holding", action="store_true",
+                    help="measure while the launcher holds one running job (sleep 3600)")
     ap.add_argument("--dir", help="where to make temp dirs (default: system temp)")
     a = ap.parse_args()
     C.byte_compile()
-    print(f"# an idle launcher, ready/ with {SHARDS} empty buckets; {C.machine_line()}")
+    what = "holding one running job" if a.holding else "idle"
+    print(f"# a launcher {what}, ready/ with {SHARDS} empty buckets; {C.machine_line()}")
     top = Path(tempfile.mkdtemp(prefix="spool-bench-", dir=a.dir))
     site = launcher = None
     try:
@@ -103,6 +111,13 @@ def main() -> None:
                                       "-t", "30", "--idle-ttl", "600"], top / "launcher.out",
                            cwd=root)
         pid = C.wait_for(lambda: _launcher_pid(layout), 30, "the launcher's lease", NAME)
+        if a.holding:
+            (layout.apps / "Hold.yml").write_text("command_template: sleep 3600\n")
+            submit_jobs(layout, [{"app": "Hold", "workdir": "hold", "node_packing_count": 2}],
+                        source="bench")
+            C.wait_for(lambda: any(fsio.list_names(layout.running / d)
+                                   for d in fsio.list_dirs(layout.running)),
+                       30, "the long job claimed", NAME)
         time.sleep(1.0)        # past its start-up and first passes
         c0 = _cpu_sec(pid)
         time.sleep(a.sec)      # the measurement window
