@@ -14,8 +14,9 @@ running/L/      a kill request in L's mailbox (``spool.kills``), one per launche
                 running/L/, and where it went decides: failed/ as KILLED: *killed*;
                 done/ or failed/ otherwise: it *finished* on its own first; ready/ (L put
                 it back before it looked): cancelled there; running/M/: M is asked.
-created/        not taken in by the site yet: waited for while the site runs; with the
-                site stopped, *refused* (start the site, then kill again).
+created/        not taken in by the site yet (in ``created/``, a bulk drop, or the site's
+                intake): waited for while the site runs; with the site stopped,
+                *refused* (start the site, then kill again).
 done/ failed/   *finished* already: nothing is changed.
 nowhere         *not found*.
 ==============  =====================================================================
@@ -87,19 +88,18 @@ class _Round:
 
     def __init__(self, layout: Layout, store: Store):
         self.layout, self.store = layout, store
-        self.limbo = store.limbo_index()
+        self.held = store.held_index()
         self._pending: dict | None = None
         self._site: bool | None = None
-        self._intake: set[str] | None = None
 
     def locate(self, job_id: str):
-        """``Store.locate`` with the round's limbo index, and once more with the limbos
-        looked at afresh if that finds nothing.
+        """``Store.locate`` with the round's index of limbos and bulk drops, and once more
+        with them looked at afresh if that finds nothing.
 
         # race: the site's merges hold done/ and failed/ records in site/limbo for a
         # moment all the time; a job that entered a limbo after the round's index was
         # taken would otherwise be reported not found."""
-        return self.store.locate(job_id, self.limbo) or self.store.locate(job_id)
+        return self.store.locate(job_id, self.held) or self.store.locate(job_id)
 
     def read(self, path: Path, where: str) -> dict | None:
         if self._pending is None:
@@ -112,13 +112,6 @@ class _Round:
             from .site.service import running_site
             self._site = running_site(self.layout) is not None
         return self._site
-
-    def in_intake(self, job_id: str) -> bool:
-        """True if the site has taken the job's drop and not yet published it."""
-        if self._intake is None:
-            self._intake = {n.split("~", 1)[-1] for n in
-                            fsio.list_names(self.layout.site_dir / "intake", suffix="")}
-        return f"{job_id}.json" in self._intake
 
 
 def _inode(path: Path) -> int | None:
@@ -170,9 +163,7 @@ def kill(layout: Layout, ids: Iterable[str], *, why: str = "spool job kill",
                 del watch[job_id]
             loc = rnd.locate(job_id)
             if loc is None:
-                if rnd.site_running and rnd.in_intake(job_id):
-                    seen.setdefault(job_id, "created")
-                elif job_id not in seen:
+                if job_id not in seen:
                     decide(Outcome(job_id, NOT_FOUND, message="not found"))
                 continue                         # seen before: moving; look again
             where, path = loc

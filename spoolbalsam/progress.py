@@ -1,8 +1,8 @@
 """Live progress of a campaign: ``spool watch`` (alias: ``spool job ls --watch``).
 
 Every ``interval`` seconds it takes a ``Snapshot`` -- jobs per directory, from
-``spool.query.counts`` (names only) for the whole site, or from ``spool.query.select`` for
-a ``--tag``/``--app`` campaign -- and shows done, failed, running, ready, waiting and created,
+``spool.query.counts`` for the whole site, or ``spool.query.count`` for a ``--tag``/``--app``
+campaign, both from the site's query index when it is there -- and shows done, failed, running, ready, waiting and created,
 the share finished, the rate at which jobs finish (``Meter``: over a sliding window) and the
 time left at that rate (``eta``).  On a terminal the display is redrawn in place (ANSI
 cursor movement: no dependency earns its place for four lines); otherwise, or with
@@ -24,7 +24,8 @@ from typing import Callable, TextIO
 
 from .spool import fsio
 from .spool.layout import Layout
-from .spool.query import JOB_DIRS, Filter, counts, select
+from .spool import states as S
+from .spool.query import JOB_DIRS, Filter, count, counts
 
 RATE_WINDOW_SEC = 60.0
 TTY_INTERVAL_SEC = 1.0      # redraws on a terminal
@@ -152,12 +153,14 @@ def as_json(s: Snapshot, rate: float | None, wall: float) -> dict:
 
 # ---- taking snapshots ------------------------------------------------------------------------
 def snapshot(layout: Layout, flt: Filter | None = None) -> Snapshot:
-    """Jobs per directory: names only for the whole site, records for a filter."""
+    """Jobs per directory: ``counts`` for the whole site, ``count`` (per state, folded into
+    directories) for a filter -- from the site's query index when it is there."""
     if flt is None:
         return Snapshot.from_counts(counts(layout))
     per_dir: dict[str, int] = {}
-    for rec in select(layout, flt):
-        per_dir[rec["_dir"]] = per_dir.get(rec["_dir"], 0) + 1
+    for state, n in count(layout, flt).items():
+        d = S.STATE_DIR.get(state)
+        per_dir[d] = per_dir.get(d, 0) + n
     return Snapshot.from_counts(per_dir)
 
 
