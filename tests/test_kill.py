@@ -410,3 +410,17 @@ def test_job_kill_and_query_kill_share_the_command(running_site):
     assert job_obj.kill() == "finished"                     # killing again changes nothing
     with pytest.raises(JobFailed, match="KILLED: killed by "):
         job_obj.result_nowait()
+
+
+@pytest.mark.parametrize("args,words", [
+    ((), "say which jobs: IDs, --tag KEY=VALUE or --state STATE"),
+    (("x", "--timeout", "-1"), "--timeout -1: must be >= 0 seconds"),
+    (("--tag", "nokv", "-y"), "tag 'nokv' must look like KEY=VALUE"),
+    (("--state", "NOPE", "-y"), "unknown state 'NOPE'"),
+    (("--state", "done", "-y"), "only created, waiting, ready or running jobs can be killed"),
+])
+def test_bad_kill_options_are_one_line_errors_that_change_nothing(site, args, words):
+    drop(site, "j.json", job(workdir="bad/j", id="j"))
+    res = spool(site, "job", "kill", *args, expect=1)
+    assert words in res.stderr and len(res.stderr.strip().splitlines()) == 1, res.stderr
+    assert locate(site, "j") == "created"                   # nothing moved

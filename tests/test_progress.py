@@ -14,7 +14,9 @@ import time
 from spoolbalsam import progress as P
 from spoolbalsam.spool.query import Filter
 
-from helpers import PY, drop, ids_in, job, layout, start_launcher, wait_for
+import pytest
+
+from helpers import PY, drop, ids_in, job, layout, spool, start_launcher, wait_for
 
 
 # ---- pure functions ----------------------------------------------------------------------
@@ -124,3 +126,15 @@ def test_on_a_terminal_it_redraws_in_place_and_ctrl_c_restores_the_cursor(runnin
     frame = text.split("\x1b[4F")[-1]
     assert "ready 1" in frame and "Traceback" not in text
     assert "[" in frame and "0.0%  0 of 1 finished" in frame
+
+
+@pytest.mark.parametrize("args,words", [
+    (("watch", "--interval", "0"), "--interval 0: must be a number of seconds > 0"),
+    (("watch", "--tag", "camp"), "tag 'camp' must look like KEY=VALUE"),
+    (("job", "ls", "--watch", "--state", "done"), "it does not take --state"),
+    (("job", "ls", "--watch", "--limit", "3", "-v"), "it does not take --limit, --verbose"),
+])
+def test_bad_watch_options_are_one_line_errors(site, args, words):
+    res = spool(site, *args, expect=1)
+    assert res.stderr.startswith("spool: ") and words in res.stderr
+    assert len(res.stderr.strip().splitlines()) == 1 and res.stdout == ""

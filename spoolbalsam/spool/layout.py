@@ -21,6 +21,9 @@
       launchers/L/events.jsonl    L's event log (only L appends)
       launchers/L/limbo/          L's private hand-over area for moves with a rewrite
       launchers/L/stop            a stop request for L (written by `spool launcher stop`)
+      launchers/L/kill/           kill requests for L's jobs, one file per request (``kills``)
+      launchers/L/kill.bell       grows a byte after each request (L looks at its stat)
+      launchers/L/kill.closed/    kill/ as the site renamed it to take L's jobs back
       site/site.pid               host + pid of the running site process
       site/events.jsonl           the site's event log
       site/merged.json            how far the site has merged each launcher's events
