@@ -39,6 +39,13 @@ def test_a_quiet_mailbox_costs_one_stat_and_a_ring_is_seen_at_the_next_look(tmp_
     assert box.look(60 * kills.LOOK_SEC) == []                # handed out once
     box.done(req)
     assert fsio.list_names(box.directory) == []
+    # a request that rang no bell (written by hand) is found by the periodic listing
+    fsio.write_json_atomic(box.directory / "by-hand.json", {"jobs": {"j3": 1}, "by": "x@y",
+                                                            "t": 0, "why": "by hand"})
+    n = len(listings)
+    assert box.look(70 * kills.LOOK_SEC) == [] and len(listings) == n
+    [req] = box.look(51 * kills.LOOK_SEC + kills.FULL_LOOK_SEC)
+    assert req.jobs == {"j3": 1} and len(listings) == n + 1
 
 
 def test_send_never_creates_a_mailbox(tmp_path):

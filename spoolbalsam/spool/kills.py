@@ -25,8 +25,11 @@ Protocol
   looks at the bell's ``stat`` at most every ``LOOK_SEC`` (one system call, no directory
   listing) and lists ``kill/`` only when the bell's signature has changed.  It takes the
   signature *before* the listing, so a request that lands during a listing is announced by
-  a ring that L's next look sees (the ready bell's argument, ``spool.bell``).  An idle L
-  holds nothing a request could name, and does not look at all.
+  a ring that L's next look sees (the ready bell's argument, ``spool.bell``).  Against a
+  ring it cannot see (an NFS client's attribute cache, a request written by hand without
+  a ring) L also lists ``kill/`` every ``FULL_LOOK_SEC`` while it holds a job.  An idle L
+  holds nothing a request could name, and does not look at all.  The bell grows one byte
+  per request and lives as long as L's directory (one allocation); it is never trimmed.
 * **Acting.**  For every named job L holds at the attempt named, L stops it: a running job's process group gets SIGTERM (an MPI job's group holds its
   ``mpiexec``, which takes the signal to every rank on every node), then SIGKILL after
   ``launcher.sigterm_grace_sec``; a standby still waiting in the starter is dropped; a
@@ -84,6 +87,7 @@ DIRNAME = "kill"
 CLOSED = "kill.closed"
 BELL = "kill.bell"
 LOOK_SEC = 0.2            # a launcher looks at its kill bell at most this often
+FULL_LOOK_SEC = 30.0      # ... and lists its mailbox at least this often (holding a job)
 
 
 @dataclass(frozen=True)
@@ -196,6 +200,7 @@ class Mailbox:
     seen: set = field(default_factory=set)         # request files already handed out
     signature: tuple | None = None                  # the bell when the last listing began
     next_look: float = 0.0
+    full_look_at: float = 0.0                       # list by then even if the bell is quiet
 
     @classmethod
     def open(cls, launcher_dir: Path) -> "Mailbox":
@@ -213,9 +218,10 @@ class Mailbox:
             return []
         self.next_look = now + self.look_sec
         sig = bell.signature(self.bell)
-        if sig == self.signature:
+        if sig == self.signature and now < self.full_look_at:
             return []
         self.signature = sig                 # before the listing: see the module docstring
+        self.full_look_at = now + FULL_LOOK_SEC
         names = fsio.list_names(self.directory)
         self.seen &= set(names)              # forget deleted ones
         new = []
