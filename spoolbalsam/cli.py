@@ -687,7 +687,11 @@ def job_kill(ctx, ids, tag, state, yes, timeout, as_json):
             click.echo(orjson.dumps(o.to_json()).decode())
         else:
             click.echo(o.line())
-    report = kill_mod.kill(layout, named, timeout=timeout, on_outcome=show)
+    try:
+        report = kill_mod.kill(layout, named, timeout=timeout, on_outcome=show)
+    except KeyboardInterrupt:
+        click.echo("spool: interrupted; the jobs not confirmed above may still run", err=True)
+        sys.exit(130)
     for child, parent in report.children_failed:
         if as_json:
             import orjson

@@ -129,100 +129,141 @@ def kill(layout: Layout, ids: Iterable[str], *, why: str = "spool job kill",
 
     ``by`` (default ``user@host``) and ``why`` go into the killed jobs' ``error``;
     ``on_outcome`` is called as each outcome is known; ``limbo`` is this process's limbo
-    for moves with a rewrite (default ``site/limbo-cli``)."""
-    store = Store(layout)
-    by = by or kills.who()
-    t = time.time()
-    limbo = limbo or layout.site_dir / "limbo-cli"
-    order = list(dict.fromkeys(ids))
-    out: dict[str, Outcome] = {}
-    seen: dict[str, str] = {}                    # id -> where the command first found it
-    asked: dict[str, str] = {}                   # id -> launcher a request went to
-    watch: dict[str, tuple[Path, int]] = {}      # id -> (running/L/ID.json, inode) asked about
-    cancelled: list[str] = []
+    for moves with a rewrite (default ``site/limbo-cli``).  On KeyboardInterrupt the jobs
+    not settled yet get an ``unconfirmed`` outcome, then it is raised again."""
+    k = _Killer(layout, ids, by or kills.who(), why, limbo or layout.site_dir / "limbo-cli",
+                on_outcome)
     deadline = time.monotonic() + timeout
+    try:
+        while not k.settled():
+            k.round()
+            if k.settled():
+                break
+            if time.monotonic() >= deadline:
+                for job_id in k.unsettled():
+                    k.decide(_unfinished(job_id, k.seen.get(job_id), k.asked.get(job_id),
+                                         timeout))
+                break
+            time.sleep(poll)
+    except KeyboardInterrupt:
+        for job_id in k.unsettled():
+            k.decide(Outcome(job_id, UNCONFIRMED, None, k.seen.get(job_id),
+                             k.asked.get(job_id), "not confirmed: interrupted before it was "
+                             "settled; run the command again"))
+        raise
+    children = fail_waiting_children(layout, k.store, k.cancelled, k.limbo, why)
+    return Report([k.out[i] for i in k.order], children)
 
-    def decide(o: Outcome) -> None:
-        out[o.id] = o
-        if on_outcome is not None:
-            on_outcome(o)
 
-    while True:
-        rnd = _Round(layout, store)
+class _Killer:
+    """One kill command's state across its rounds."""
+
+    def __init__(self, layout: Layout, ids: Iterable[str], by: str, why: str, limbo: Path,
+                 on_outcome: Callable[[Outcome], None] | None):
+        self.layout, self.by, self.why, self.limbo = layout, by, why, limbo
+        self.store = Store(layout)
+        self.t = time.time()
+        self.on_outcome = on_outcome
+        self.order = list(dict.fromkeys(ids))
+        self.out: dict[str, Outcome] = {}
+        self.seen: dict[str, str] = {}                  # id -> where first found
+        self.asked: dict[str, str] = {}                 # id -> launcher a request went to
+        self.watch: dict[str, tuple[Path, int]] = {}    # id -> (running/L/ID.json, inode)
+        self.cancelled: list[str] = []
+
+    def decide(self, o: Outcome) -> None:
+        self.out[o.id] = o
+        if self.on_outcome is not None:
+            self.on_outcome(o)
+
+    def unsettled(self) -> list[str]:
+        return [i for i in self.order if i not in self.out]
+
+    def settled(self) -> bool:
+        return len(self.out) == len(self.order)
+
+    def round(self) -> None:
+        """Look at every unsettled job once and act where it is (see the module docstring)."""
+        rnd = _Round(self.layout, self.store)
         asks: dict[str, dict[str, int]] = {}
         looked: dict[str, tuple[Path, int]] = {}
         moved: list[Outcome] = []
-        batch = fsio.Batch(layout.jobs)          # the round's cancels share two syncs
-        for job_id in order:
-            if job_id in out:
-                continue
-            w = watch.get(job_id)
-            if w is not None:
-                if _inode(w[0]) == w[1]:
-                    continue                     # still in running/L/: L has not moved it
-                del watch[job_id]
-            loc = rnd.locate(job_id)
-            if loc is None:
-                if job_id not in seen:
-                    decide(Outcome(job_id, NOT_FOUND, message="not found"))
-                continue                         # seen before: moving; look again
-            where, path = loc
-            seen.setdefault(job_id, where)
-            if where in S.TERMINAL_DIRS:
-                rec = rnd.read(path, where)
-                if rec is not None:
-                    decide(_finished(job_id, rec, seen[job_id], asked.get(job_id)))
-            elif where == "created":
-                if not rnd.site_running:
-                    decide(Outcome(job_id, REFUSED, S.CREATED, "created", message=(
-                        "refused: it is still in jobs/created/ and the site is not running; "
-                        "start it (`spool site start`) so it takes the job in, then kill it")))
-            elif where in ("waiting", "ready"):
-                rec = rnd.read(path, where)
-                if rec is None:
-                    continue
-                msg = f"{kills.describe(by, t, why)} before it ran"
-                new = transition(_clean(rec), S.KILLED, why, msg, error=msg)
-                # race: a launcher may claim the job right now; the rename decides, and if
-                # it won, the job is in running/L/ when we look again.
-                if store.move_rewrite(path, layout.job_path("failed", job_id), new, limbo, batch):
-                    moved.append(Outcome(job_id, CANCELLED, S.KILLED, seen[job_id],
-                                         message=f"cancelled (it was {where}; it never ran)"))
-            elif where == "running":
-                rec = rnd.read(path, where)
-                ino = _inode(path)
-                if rec is None or ino is None:
-                    continue                     # it just moved: look again
-                launcher = path.parent.name
-                asks.setdefault(launcher, {})[job_id] = rec.get("attempt", 1)
-                looked[job_id] = (path, ino)
+        batch = fsio.Batch(self.layout.jobs)          # the round's cancels share two syncs
+        try:
+            for job_id in self.unsettled():
+                w = self.watch.get(job_id)
+                if w is not None:
+                    if _inode(w[0]) == w[1]:
+                        continue                      # still in running/L/: not moved yet
+                    del self.watch[job_id]
+                loc = rnd.locate(job_id)
+                if loc is None:
+                    if job_id not in self.seen:
+                        self.decide(Outcome(job_id, NOT_FOUND, message="not found"))
+                    continue                          # seen before: moving; look again
+                where, path = loc
+                self.seen.setdefault(job_id, where)
+                if where in S.TERMINAL_DIRS:
+                    rec = rnd.read(path, where)
+                    if rec is not None:
+                        self.decide(_finished(job_id, rec, self.seen[job_id],
+                                              self.asked.get(job_id)))
+                elif where == "created":
+                    if not rnd.site_running:
+                        self.decide(Outcome(job_id, REFUSED, S.CREATED, "created", message=(
+                            "refused: it is still in jobs/created/ and the site is not "
+                            "running; start it (`spool site start`) so it takes the job in, "
+                            "then kill it")))
+                elif where in ("waiting", "ready"):
+                    got = self._cancel(rnd, job_id, where, path, batch)
+                    if got is not None:
+                        moved.append(got)
+                elif where == "running":
+                    rec = rnd.read(path, where)
+                    ino = _inode(path)
+                    if rec is None or ino is None:
+                        continue                      # it just moved: look again
+                    asks.setdefault(path.parent.name, {})[job_id] = rec.get("attempt", 1)
+                    looked[job_id] = (path, ino)
+        finally:
+            batch.commit()                            # what was moved is published whole
+            if moved:
+                hints.send(self.layout, [o.id for o in moved], self.why)
+                self.cancelled += [o.id for o in moved]
+                for o in moved:
+                    self.decide(o)
         for launcher, jobs in asks.items():
-            sent = kills.send(layout, launcher, jobs, by, why, t)
-            for job_id in jobs:
-                if sent == kills.SENT:
-                    watch[job_id] = looked[job_id]
-                    asked[job_id] = launcher
-                elif sent == kills.NO_MAILBOX:
-                    decide(Outcome(job_id, REFUSED, S.RUNNING, seen[job_id], launcher, (
-                        f"refused: launcher {launcher} takes no kill requests (started by an "
-                        f"older spoolbalsam?); stop it, or wait for the job to end")))
-                # CLOSED_NOW: the site is taking the launcher's jobs back; look again
-        batch.commit()
-        if moved:
-            hints.send(layout, [o.id for o in moved], why)
-            cancelled += [o.id for o in moved]
-            for o in moved:
-                decide(o)
-        if len(out) == len(order):
-            break
-        if time.monotonic() >= deadline:
-            for job_id in order:
-                if job_id not in out:
-                    decide(_unfinished(job_id, seen.get(job_id), asked.get(job_id), timeout))
-            break
-        time.sleep(poll)
-    children = fail_waiting_children(layout, store, cancelled, limbo, why)
-    return Report([out[i] for i in order], children)
+            self._ask(launcher, jobs, looked)
+
+    def _cancel(self, rnd: _Round, job_id: str, where: str, path: Path,
+                batch: fsio.Batch) -> Outcome | None:
+        """Move a pending job into failed/ as KILLED (published by ``batch``); None if it
+        moved first (a claim: it is looked for again next round)."""
+        rec = rnd.read(path, where)
+        if rec is None:
+            return None
+        msg = f"{kills.describe(self.by, self.t, self.why)} before it ran"
+        new = transition(_clean(rec), S.KILLED, self.why, msg, error=msg)
+        # race: a launcher may claim the job right now; the rename decides, and if it won,
+        # the job is in running/L/ when we look again.
+        if not self.store.move_rewrite(path, self.layout.job_path("failed", job_id), new,
+                                       self.limbo, batch):
+            return None
+        return Outcome(job_id, CANCELLED, S.KILLED, self.seen[job_id],
+                       message=f"cancelled (it was {where}; it never ran)")
+
+    def _ask(self, launcher: str, jobs: dict[str, int], looked: dict) -> None:
+        """One request to ``launcher`` for ``jobs``; its jobs are watched once it is sent."""
+        sent = kills.send(self.layout, launcher, jobs, self.by, self.why, self.t)
+        for job_id in jobs:
+            if sent == kills.SENT:
+                self.watch[job_id] = looked[job_id]
+                self.asked[job_id] = launcher
+            elif sent == kills.NO_MAILBOX:
+                self.decide(Outcome(job_id, REFUSED, S.RUNNING, self.seen[job_id], launcher, (
+                    f"refused: launcher {launcher} takes no kill requests (started by an "
+                    "older spoolbalsam?); stop it, or wait for the job to end")))
+            # CLOSED_NOW: the site is taking the launcher's jobs back; look again next round
 
 
 def _finished(job_id: str, rec: dict, was: str, launcher: str | None) -> Outcome:

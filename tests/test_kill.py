@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import subprocess
 import time
 
 import pytest
@@ -20,8 +21,8 @@ from spoolbalsam.spool import fsio, kills
 from spoolbalsam.spool.lease import job_processes
 
 from campaign_helpers import launcher_events
-from helpers import (drop, edit_settings, ids_in, job, launcher_ids, layout, locate, pid_alive,
-                     record, spool, spool_sub, start_launcher, wait_for, write_app)
+from helpers import (PY, drop, ids_in, job, launcher_ids, layout, locate, record, spool,
+                     spool_sub, start_launcher, wait_for, write_app)
 from sched_fixtures import require_mpiexec
 
 # A job whose shell starts a child that leaves the job's process group and session
@@ -257,6 +258,18 @@ def test_a_job_killed_while_its_launcher_dies_never_runs_again(running_site):
         assert res.returncode == 1
         assert res.stdout.startswith(f"z not confirmed: launcher {launcher} has not stopped it")
         assert os.listdir(site / "launchers" / launcher / kills.DIRNAME)    # the request stands
+        # Ctrl-C while it waits: it says which job it has not seen settled
+        waiting = subprocess.Popen([PY, "-m", "spoolbalsam.cli", "--site", str(site), "job",
+                                    "kill", "z"], stdout=subprocess.PIPE,
+                                   stderr=subprocess.PIPE, text=True)
+        wait_for(lambda: len(fsio.list_names(site / "launchers" / launcher / kills.DIRNAME)) == 2,
+                 20, "its request sent")
+        waiting.send_signal(signal.SIGINT)
+        out, err = waiting.communicate(timeout=20)
+        assert waiting.returncode == 130, err
+        assert out.strip() == ("z not confirmed: interrupted before it was settled; run the "
+                               "command again")
+        assert err.strip() == "spool: interrupted; the jobs not confirmed above may still run"
     finally:
         os.kill(proc.pid, signal.SIGKILL)
         os.kill(proc.pid, signal.SIGCONT)

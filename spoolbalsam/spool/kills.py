@@ -30,17 +30,24 @@ Protocol
   a ring) L also lists ``kill/`` every ``FULL_LOOK_SEC`` while it holds a job.  An idle L
   holds nothing a request could name, and does not look at all.  The bell grows one byte
   per request and lives as long as L's directory (one allocation); it is never trimmed.
-* **Acting.**  For every named job L holds at the attempt named, L stops it: a running job's process group gets SIGTERM (an MPI job's group holds its
-  ``mpiexec``, which takes the signal to every rank on every node), then SIGKILL after
+* **Acting.**  For every named job L holds at the attempt named, L stops it: a running
+  job's process group gets SIGTERM (an MPI job's group holds its ``mpiexec``, which takes
+  the signal to every rank on every node), then SIGKILL after
   ``launcher.sigterm_grace_sec``; a standby still waiting in the starter is dropped; a
-  running preprocess or post-run hook is killed with its process group.  L writes the
-  ``KILLED`` event (synced) and moves the job into ``failed/`` itself.  A job that ended on
-  its own before the signal reached it keeps its own verdict: one verdict per attempt.
-  A killed job is never retried by the retry policy; ``spool job retry`` brings it back.
+  running preprocess or post-run hook is killed with its process group.  Once the job is
+  reaped, whatever of it left the group on L's node (it carries the job's
+  ``SPOOL_JOB_ID``) gets SIGKILL.  L writes the ``KILLED`` event (synced) and moves the job
+  into ``failed/`` itself.  A job that ended on its own before the signal reached it keeps
+  its own verdict: one verdict per attempt.  A killed job is never retried by the retry
+  policy; ``spool job retry`` brings it back.
 * **Not held.**  A request naming a job L does not hold at that attempt does nothing: the
   job ended, or moved on to a later attempt (the writer follows it and asks again, below),
   or was never here.  Matching attempts exactly means a request left over from an earlier
   run can never stop a later one (``spool job retry`` after a kill, for one).
+* **Before the claim.**  A writer names only jobs it saw in ``running/L/``, so L has
+  claimed them.  A request naming a job L has not claimed (written by hand, say) is
+  deleted at L's next look; if L claims that job at the named attempt before it looks,
+  the job is stopped, as the request asked.
 * **Deleting.**  Only L deletes a request, once no job named in it is in ``running/L/`` any
   more: at its first look for a request naming only jobs L does not hold, else after the
   last named job's move out, and every request when L exits with ``running/L/`` empty.  So
@@ -48,8 +55,7 @@ Protocol
   request that landed just as L's last job ended waits for L's next look or its exit).
 * **L dies with a request pending.**  Before the site takes L's jobs back (a revoke), it
   *closes* the mailbox: it renames ``kill/`` to ``kill.closed/`` and then reads every
-  request there (``close``).  A revoked job named by one (attempt at most the job's own)
-  goes to ``failed/`` as ``KILLED`` instead of back to ``ready/`` (or, if L had written a
+  request there (``close``).  A revoked job named by one at its attempt goes to ``failed/`` as ``KILLED`` instead of back to ``ready/`` (or, if L had written a
   verdict before it died, to that verdict): a job killed while its launcher died never
   runs again.
 
@@ -63,8 +69,9 @@ Protocol
   until X has left it, then reports where X went.  X may leave running/L/ for ``ready/``
   (L's retry policy, a walltime drain, a standby returned) after a request landed and
   before L looked; L then drops the request and the writer cancels X in ``ready/`` (or
-  follows it to its next launcher).  A writer interrupted in that window (Ctrl-C) leaves
-  the job alive, and saying so is the command's job; running it again finishes the kill.
+  follows it to its next launcher).  A writer interrupted in that window (Ctrl-C) may leave
+  the job alive; the command then says which jobs it has not seen settled, and running it
+  again finishes the kill.
 
 Pending jobs (``created/ waiting/ ready/``) need no launcher: the writer moves them into
 ``failed/`` itself with ``Store.move_rewrite``; a claim racing with it is decided by the
