@@ -537,7 +537,7 @@ def watch_cmd(ctx, tag, app_name, interval, forever, as_json):
     """Live progress: done, failed, running and pending jobs, rate and ETA.
 
     Redraws in place on a terminal and prints one line per update otherwise.  Exits when
-    nothing is created, waiting, ready or running (--forever: never), or on Ctrl-C.
+    nothing is left to run or stage (--forever: never), or on Ctrl-C.
     """
     _watch(_site(ctx), tag, app_name, interval, forever, as_json)
 
@@ -669,9 +669,9 @@ def job_kill(ctx, ids, tag, state, yes, timeout, as_json):
     named = list(ids)
     if tag or state:
         flt = _job_filter(state, (), tag, None, None, ())
-        if not any(d in kill_mod.PENDING_DIRS for d in flt.dirs):
-            raise UserError(f"--state {' '.join(state)}: only created, waiting, ready or "
-                            "running jobs can be killed")
+        if not any(d in kill_mod.KILLABLE_DIRS for d in flt.dirs):
+            raise UserError(f"--state {' '.join(state)}: only jobs not yet in done/ or "
+                            "failed/ can be killed")
         found = [i for i in kill_mod.killable(layout, flt) if i not in named]
         if found and not yes:
             click.confirm(f"Really kill {len(found)} job(s)?", abort=True)

@@ -6,9 +6,11 @@ until every job has an outcome:
 ==============  =====================================================================
 where it is     what happens
 ==============  =====================================================================
-waiting/ ready/ *cancelled*: moved into ``failed/`` as KILLED with ``Store.move_rewrite``
-                through this process's limbo.  A launcher's claim racing with it: the
-                rename decides; if the launcher won, the job is in running/L/ next round.
+waiting/        *cancelled*: moved into ``failed/`` as KILLED with ``Store.move_rewrite``
+stagein/        through this process's limbo.  A launcher's claim racing with it: the
+ready/          rename decides; if the launcher won, the job is in running/L/ next round.
+stageout/       The site forgets a staging job moved away (``site.transfers``); a job
+                cancelled in stageout/ ran, but its outputs are not staged out.
 running/L/      a kill request in L's mailbox (``spool.kills``), one per launcher per
                 round; then the job's file is watched (its inode) until it leaves
                 running/L/, and where it went decides: failed/ as KILLED: *killed*;
@@ -47,7 +49,9 @@ from .spool.store import Store
 
 KILLED, CANCELLED, FINISHED = "killed", "cancelled", "finished"
 NOT_FOUND, UNCONFIRMED, REFUSED = "not_found", "unconfirmed", "refused"
-PENDING_DIRS = ("created", "waiting", "ready", "running")   # where a kill can still act
+# where a kill can still act: every directory but done/ and failed/
+KILLABLE_DIRS = ("created", "waiting", "stagein", "ready", "running", "stageout")
+CANCEL_DIRS = ("waiting", "stagein", "ready", "stageout")    # moved by the command itself
 DEFAULT_TIMEOUT = 60.0
 POLL_SEC = 0.05
 
@@ -77,6 +81,12 @@ class Outcome:
 class Report:
     outcomes: list[Outcome]
     children_failed: list[tuple[str, str]] = field(default_factory=list)   # (child, parent)
+
+
+_NOT_DONE = {"waiting": "it never ran", "stagein": "it never ran", "ready": "it never ran",
+             "stageout": "its outputs were not staged out"}
+_BEFORE = {"waiting": "before it ran", "stagein": "before it ran", "ready": "before it ran",
+           "stageout": "before its outputs were staged out"}
 
 
 def _clean(rec: dict) -> dict:
@@ -112,6 +122,14 @@ class _Round:
             from .site.service import running_site
             self._site = running_site(self.layout) is not None
         return self._site
+
+
+def _own_name(layout: Layout, where: str, path: Path, job_id: str) -> bool:
+    """True if ``path`` is the job's own visible name in ``where`` (not a copy held in a
+    limbo, a bulk drop or the site's intake, which only their holder may move)."""
+    if where == "running":
+        return path.parent.parent == layout.running and path.name == f"{job_id}.json"
+    return path == layout.job_path(where, job_id)
 
 
 def _inode(path: Path) -> int | None:
@@ -203,6 +221,11 @@ class _Killer:
                     continue                          # seen before: moving; look again
                 where, path = loc
                 self.seen.setdefault(job_id, where)
+                if (where in CANCEL_DIRS or where == "running") and not _own_name(
+                        self.layout, where, path, job_id):
+                    # race: held in a mover's limbo (the site publishing or staging it, a
+                    # launcher moving it on): never ours to move; look again next round
+                    continue
                 if where in S.TERMINAL_DIRS:
                     rec = rnd.read(path, where)
                     if rec is not None:
@@ -214,7 +237,7 @@ class _Killer:
                             "refused: it is still in jobs/created/ and the site is not "
                             "running; start it (`spool site start`) so it takes the job in, "
                             "then kill it")))
-                elif where in ("waiting", "ready"):
+                elif where in CANCEL_DIRS:
                     got = self._cancel(rnd, job_id, where, path, batch)
                     if got is not None:
                         moved.append(got)
@@ -242,7 +265,7 @@ class _Killer:
         rec = rnd.read(path, where)
         if rec is None:
             return None
-        msg = f"{kills.describe(self.by, self.t, self.why)} before it ran"
+        msg = f"{kills.describe(self.by, self.t, self.why)} {_BEFORE[where]}"
         new = transition(_clean(rec), S.KILLED, self.why, msg, error=msg)
         # race: a launcher may claim the job right now; the rename decides, and if it won,
         # the job is in running/L/ when we look again.
@@ -250,7 +273,7 @@ class _Killer:
                                        self.limbo, batch):
             return None
         return Outcome(job_id, CANCELLED, S.KILLED, self.seen[job_id],
-                       message=f"cancelled (it was {where}; it never ran)")
+                       message=f"cancelled (it was {where}; {_NOT_DONE[where]})")
 
     def _ask(self, launcher: str, jobs: dict[str, int], looked: dict) -> None:
         """One request to ``launcher`` for ``jobs``; its jobs are watched once it is sent."""
@@ -325,5 +348,5 @@ def fail_waiting_children(layout: Layout, store: Store, parents: Iterable[str], 
 
 def killable(layout: Layout, flt: Filter) -> list[str]:
     """Ids of the jobs ``flt`` matches that a kill can still act on (not yet finished)."""
-    flt.dirs = tuple(d for d in flt.dirs if d in PENDING_DIRS)
+    flt.dirs = tuple(d for d in flt.dirs if d in KILLABLE_DIRS)
     return [rec["id"] for rec in select(layout, flt)]

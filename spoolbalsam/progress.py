@@ -8,8 +8,8 @@ time left at that rate (``eta``).  On a terminal the display is redrawn in place
 cursor movement: no dependency earns its place for four lines); otherwise, or with
 ``--json``, one line per interval is appended, so a log or a pipe gets a history.
 
-It exits by itself once nothing is created, waiting, ready or running (at once on a site
-with nothing left to run; ``--forever`` keeps watching), and on Ctrl-C, with the terminal
+It exits by itself once nothing is created, waiting, ready, running or staging its data in
+or out (at once on a site with nothing left to run; ``--forever`` keeps watching), and on Ctrl-C, with the terminal
 restored (exit code 130).  Everything here but ``watch`` is a pure function of its inputs.
 """
 from __future__ import annotations
@@ -36,8 +36,10 @@ LINE_INTERVAL_SEC = 10.0    # lines into a file or a pipe
 class Snapshot:
     created: int = 0
     waiting: int = 0
+    stagein: int = 0
     ready: int = 0
     running: int = 0
+    stageout: int = 0
     done: int = 0
     failed: int = 0
 
@@ -47,8 +49,13 @@ class Snapshot:
 
     @property
     def left(self) -> int:
-        """Jobs still to run or running."""
-        return self.created + self.waiting + self.ready + self.running
+        """Jobs not finished yet: to run, running, or staging their data."""
+        return (self.created + self.waiting + self.stagein + self.ready + self.running
+                + self.stageout)
+
+    @property
+    def staging(self) -> int:
+        return self.stagein + self.stageout
 
     @property
     def total(self) -> int:
@@ -114,8 +121,9 @@ def share(s: Snapshot) -> float:
 
 
 def counts_text(s: Snapshot) -> str:
-    return (f"done {s.done:,}  failed {s.failed:,}  running {s.running:,}  ready {s.ready:,}"
-            f"  waiting {s.waiting:,}  created {s.created:,}")
+    staging = f"  staging {s.staging:,}" if s.staging else ""
+    return (f"done {s.done:,}  failed {s.failed:,}  running {s.running:,}{staging}  "
+            f"ready {s.ready:,}  waiting {s.waiting:,}  created {s.created:,}")
 
 
 def render_line(s: Snapshot, rate: float | None, wall: float) -> str:

@@ -124,6 +124,38 @@ def test_pending_jobs_are_cancelled_without_running_and_their_children_fail(runn
              == ["FAILED", "2", "KILLED", "1"], 20, "the index to count the moves")
 
 
+def test_a_job_staging_its_inputs_is_cancelled_and_the_site_lets_it_go(tmp_path):
+    """A job in stagein/ (its input copy in flight on a scripted backend) is cancelled by
+    the command; the site forgets it, and the copy's end brings nothing back."""
+    from helpers import make_site, reap_site_processes, site_obj
+    from test_transfers import CAT, Scripted
+    remote = tmp_path / "remote"
+    (remote / "in").mkdir(parents=True)
+    site = make_site(tmp_path / "S", apps={"Cat": CAT}, settings={"transfers": {
+        "transfer_locations": {"remote": f"file://{remote}"}}})
+    try:
+        st = site_obj(site)
+        fake = st.staging.backends["file"] = Scripted()
+        for job_id, parents in (("j", []), ("kid", ["j"])):
+            drop(site, f"{job_id}.json", {"id": job_id, "app": "Cat", "workdir": job_id,
+                                          "parent_ids": parents,
+                                          "transfers": {"input": f"remote:{remote}/in/a"}})
+        st.tick(1.0)
+        assert locate(site, "j") == "stagein" and len(fake.submitted) == 1
+        assert locate(site, "kid") == "waiting"
+        res = spool(site, "job", "kill", "j")
+        assert res.stdout.splitlines() == ["j cancelled (it was stagein; it never ran)",
+                                           "kid failed: it was waiting for j"]
+        fake.end(0)                                   # the copy ends after the cancel
+        for t in (2.0, 3.0, 100.0):                   # 100: past the site's full rescan
+            st.tick(t)
+        assert locate(site, "j") == "failed" and record(site, "j")["state"] == "KILLED"
+        assert locate(site, "kid") == "failed"
+        assert record(site, "kid")["error"] == "parent j failed"
+    finally:
+        reap_site_processes(site)
+
+
 def test_kill_by_tag_reports_each_job_and_exits_1_for_a_missing_one(running_site):
     site = running_site
     drop(site, "run.json", job("Sleep", "t/run", id="run", parameters={"secs": 600},
@@ -160,7 +192,7 @@ def test_kill_by_tag_reports_each_job_and_exits_1_for_a_missing_one(running_site
     assert res.stderr.strip() == "spool: 1 of 3 job(s) not found"
     assert _kill(site).returncode == 1                       # nothing named: one-line error
     bad = _kill(site, "--state", "done", "-y")
-    assert bad.returncode == 1 and "only created, waiting, ready or running" in bad.stderr
+    assert bad.returncode == 1 and "only jobs not yet in done/ or failed/" in bad.stderr
 
 
 def test_retry_brings_a_killed_job_back_with_the_next_attempt(running_site):
@@ -430,7 +462,7 @@ def test_job_kill_and_query_kill_share_the_command(running_site):
     (("x", "--timeout", "-1"), "--timeout -1: must be >= 0 seconds"),
     (("--tag", "nokv", "-y"), "tag 'nokv' must look like KEY=VALUE"),
     (("--state", "NOPE", "-y"), "unknown state 'NOPE'"),
-    (("--state", "done", "-y"), "only created, waiting, ready or running jobs can be killed"),
+    (("--state", "done", "-y"), "only jobs not yet in done/ or failed/ can be killed"),
 ])
 def test_bad_kill_options_are_one_line_errors_that_change_nothing(site, args, words):
     drop(site, "j.json", job(workdir="bad/j", id="j"))

@@ -43,6 +43,9 @@ def test_eta_and_the_formats():
     assert P.fmt_rate(None) == "?" and P.fmt_rate(12.345) == "12.3" and P.fmt_rate(1234.5) == "1,234"
     s = P.Snapshot(created=1, waiting=2, ready=3, running=4, done=5, failed=5)
     assert (s.finished, s.left, s.total) == (10, 10, 20) and P.share(s) == 50.0
+    staged = P.Snapshot(stagein=1, stageout=2, done=1)
+    assert staged.left == 3 and "running 0  staging 3  ready 0" in P.counts_text(staged)
+    assert "staging" not in P.counts_text(s)
     assert P.share(P.Snapshot()) == 100.0 and P.bar(0.5, 10) == "[#####-----]"
     line = P.render_line(s, 2.0, 0.0)
     assert line.endswith("done 5  failed 5  running 4  ready 3  waiting 2  created 1  50.0%  "
@@ -50,9 +53,10 @@ def test_eta_and_the_formats():
     screen = P.render_screen(s, None, 0.0, "spool watch  S", 60, width=40)
     assert len(screen) == 4 and all(len(x) <= 40 for x in screen)
     assert screen[1].startswith("[") and "50.0%" in screen[1] and "ETA ?" in screen[3]
-    assert P.as_json(s, 2.0, 1.0) == {"t": 1.0, "created": 1, "waiting": 2, "ready": 3,
-                                      "running": 4, "done": 5, "failed": 5, "finished": 10,
-                                      "total": 20, "rate": 2.0, "eta_sec": 5.0}
+    assert P.as_json(s, 2.0, 1.0) == {"t": 1.0, "created": 1, "waiting": 2, "stagein": 0,
+                                      "ready": 3, "running": 4, "stageout": 0, "done": 5,
+                                      "failed": 5, "finished": 10, "total": 20, "rate": 2.0,
+                                      "eta_sec": 5.0}
 
 
 # ---- against a real campaign ------------------------------------------------------------------
@@ -75,10 +79,11 @@ def test_lines_in_a_pipe_follow_a_campaign_and_it_exits_when_its_jobs_are_done(r
     drop(site, "b0.json", job(workdir="b/0", id="b0", tags={"camp": "b"}))
     wait_for(lambda: len(ids_in(site, "ready")) == 9, 20, "jobs ready")
     w = _watch(site, "--tag", "camp=a", "--interval", "0.2")
+    first = w.stdout.readline()                               # before any job runs
     start_launcher(site, "--tag", "camp=a", idle_ttl=30)      # b0 stays ready
     out, err = w.communicate(timeout=60)
     assert w.returncode == 0, err
-    rows = [LINE.match(line) for line in out.splitlines()]
+    rows = [LINE.match(line) for line in (first + out).splitlines()]
     assert all(rows) and len(rows) >= 3, out
     nums = [tuple(int(x) for x in m.groups()[:6]) for m in rows]
     assert nums[0] == (0, 0, 0, 8, 0, 0)                      # the campaign only: b0 not in it

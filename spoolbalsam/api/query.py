@@ -463,13 +463,13 @@ class JobQuery(Fetched):
         """Kill the matched jobs that have not finished (running ones through their
         launchers, pending ones cancelled; see ``Job.kill``); returns how many were killed
         or cancelled.  ``Job.Busy`` names those not stopped within ``timeout`` seconds."""
-        from ..kill import PENDING_DIRS
+        from ..kill import KILLABLE_DIRS
         from .job import _kill
         self._cache = None
         if self._cond.impossible:
             return 0
         flt = self._cond.to_filter()
-        flt.dirs = tuple(d for d in flt.dirs if d in PENDING_DIRS)     # finished: nothing to do
+        flt.dirs = tuple(d for d in flt.dirs if d in KILLABLE_DIRS)    # finished: nothing to do
         ids = [r["id"] for r in select(self.layout, flt) if self._cond.matches(r)
                and not any(x.matches(r) for x in self._excludes)]
         if not ids:
