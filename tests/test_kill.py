@@ -184,6 +184,10 @@ def test_kill_by_tag_reports_each_job_and_exits_1_for_a_missing_one(running_site
     assert record(site, "fin")["state"] == "JOB_FINISHED"
     tally = spool(site, "job", "ls", "--tag", "camp=t", "--by-state").stdout.split()
     assert tally == ["JOB_FINISHED", "1", "KILLED", "2"]
+    # spool report groups failures by the way of killing, not by each kill's user and time
+    rep = json.loads(spool(site, "report", "--json", "--no-png", "--tag", "camp=t").stdout)
+    assert rep["failures"] == {"killed (spool job kill)": 1,
+                               "killed (spool job kill) before it ran": 1}
 
     res = _kill(site, "fin", "run", "nosuch")
     assert res.returncode == 1
@@ -446,7 +450,7 @@ def test_job_kill_and_query_kill_share_the_command(running_site):
     [running] = ids_in(site, "running")
     job_obj = Job.objects.get(id=running, site_id=str(site))
     assert job_obj.kill() == "killed"
-    assert job_obj.state == "KILLED" and "killed through the API" in job_obj.error
+    assert job_obj.state == "KILLED" and job_obj.error.endswith("(Python API)")
     assert Job.objects.filter(state="KILLED", site_id=str(site)).count() == 1
     assert job_obj.done()
     # the other two: one may have been claimed meanwhile; both end KILLED either way

@@ -677,7 +677,7 @@ def _validated(changes: dict, rec: dict, layout: Layout, source: str) -> dict:
 def _kill(layout: Layout, ids: list[str], timeout: float) -> list:
     """``spoolbalsam.kill.kill`` through this process's limbo; the outcomes."""
     from ..kill import kill
-    return kill(layout, ids, why=f"killed through the API ({_writer()})", timeout=timeout,
+    return kill(layout, ids, why="Python API", timeout=timeout,
                 limbo=_limbo(layout)).outcomes
 
 

@@ -53,6 +53,7 @@ from ..spool.query import JOB_DIRS, Filter, counts, select
 
 _EMPTY: dict = {}
 _ULID = re.compile(r"\b[0-9a-hjkmnp-tv-z]{26}\b")
+_KILLED_BY = re.compile(r"^killed by \S+ at .+? \((.*?)\)")   # spool.kills.describe
 
 
 @dataclass
@@ -86,13 +87,14 @@ def failure_reason(message: str | None) -> str:
     policy's note, with job ids replaced by ``<job>``."""
     line = (message or "").strip().splitlines()[0] if (message or "").strip() else ""
     line = line.split("; retry policy spent", 1)[0].strip()
+    line = _KILLED_BY.sub(r"killed (\1)", line)     # one group per way of killing, not per kill
     line = _ULID.sub("<job>", line)
     return (line[:77] + "...") if len(line) > 80 else (line or "(no reason recorded)")
 
 
 def _reason(rec: dict) -> str:
     for h in reversed(rec.get("history") or ()):
-        if h.get("to") == "FAILED" and h.get("msg"):
+        if h.get("to") in ("FAILED", "KILLED") and h.get("msg"):
             return failure_reason(h["msg"])
     return failure_reason(rec.get("error"))
 
