@@ -606,14 +606,27 @@ def job_rm(ctx, ids, state, tag, all_, yes):
         click.confirm(f"Really remove {len(recs)} job(s)?", abort=True)
     trash = layout.site_dir / "removed"
     trash.mkdir(parents=True, exist_ok=True)
-    removed = []
+    from .spool.store import Store
+    store = Store(layout)
+    removed, busy = [], []
     for r in recs:
+        path = Path(r["_path"])
+        if not store.own_name(r["_dir"], path, r["id"]):
+            loc = store.locate_own(r["id"])       # held mid-move by another: wait for it
+            if loc is None:
+                continue
+            if loc[0] == "running" or not store.own_name(loc[0], loc[1], r["id"]):
+                busy.append(r["id"])
+                continue
+            path = loc[1]
         # race: a launcher may claim a ready job at this moment; the rename decides.
-        if fsio.rename_quiet(Path(r["_path"]), trash / f"{r['id']}.json"):
+        if fsio.rename_quiet(path, trash / f"{r['id']}.json"):
             removed.append(r["id"])
     hints.send(layout, removed, "spool job rm")
-    n = len(removed)
-    click.echo(f"Removed {n} job(s); their records are kept in {trash}")
+    click.echo(f"Removed {len(removed)} job(s); their records are kept in {trash}")
+    if busy:
+        raise UserError(f"{len(busy)} job(s) were busy (running, or being moved), not "
+                        f"removed: {', '.join(busy[:5])}{' ...' if len(busy) > 5 else ''}")
 
 
 @job.command("retry")
@@ -629,7 +642,10 @@ def job_retry(ctx, ids):
     store = Store(layout)
     limbo = layout.site_dir / "limbo-cli"
     for job_id in ids:
-        loc = store.locate(job_id)
+        loc = store.locate_own(job_id)
+        if loc and not store.own_name(loc[0], loc[1], job_id):
+            raise UserError(f"job {job_id} is being moved by another process (held at "
+                            f"{loc[1]}); try again")
         if not loc or loc[0] != "failed":
             where = f"in jobs/{loc[0]}/" if loc else "nowhere"
             raise UserError(f"job {job_id} is {where}; only failed jobs can be retried")

@@ -124,14 +124,6 @@ class _Round:
         return self._site
 
 
-def _own_name(layout: Layout, where: str, path: Path, job_id: str) -> bool:
-    """True if ``path`` is the job's own visible name in ``where`` (not a copy held in a
-    limbo, a bulk drop or the site's intake, which only their holder may move)."""
-    if where == "running":
-        return path.parent.parent == layout.running and path.name == f"{job_id}.json"
-    return path == layout.job_path(where, job_id)
-
-
 def _inode(path: Path) -> int | None:
     try:
         return os.stat(path).st_ino
@@ -221,8 +213,8 @@ class _Killer:
                     continue                          # seen before: moving; look again
                 where, path = loc
                 self.seen.setdefault(job_id, where)
-                if (where in CANCEL_DIRS or where == "running") and not _own_name(
-                        self.layout, where, path, job_id):
+                if (where in CANCEL_DIRS or where == "running") and not self.store.own_name(
+                        where, path, job_id):
                     # race: held in a mover's limbo (the site publishing or staging it, a
                     # launcher moving it on): never ours to move; look again next round
                     continue

@@ -356,3 +356,30 @@ def test_locate_finds_a_drop_the_site_is_taking_in_at_any_moment_of_its_look(tmp
             monkeypatch.setattr(fsio, "list_names", real_list)
         assert found is not None, f"{step} after look {k} of {len(looks)}: lost"
         assert found[0] in ("created", "ready")
+
+
+def test_a_mover_never_takes_a_copy_held_in_someone_elses_limbo(tmp_path, monkeypatch):
+    """The site merges a done/ record through its limbo: a CLI retry or rm that found the
+    job there and renamed the held copy would leave it with two names once the site
+    publishes.  Movers wait for the job's own name (``locate_own``)."""
+    from spoolbalsam.api.job import _remove
+    lay, [j] = make_ready(tmp_path, 1)
+    store = Store(lay)
+    fsio.rename(lay.job_path("ready", j), lay.job_path("failed", j))
+    held = lay.site_dir / "limbo" / f"{j}@failed.json"
+    held.parent.mkdir(parents=True, exist_ok=True)
+    fsio.rename(lay.job_path("failed", j), held)             # the site, mid-merge
+    assert store.locate(j) == ("failed", held)
+    assert not store.own_name("failed", held, j)
+    assert store.locate_own(j, wait=0.05) == ("failed", held)  # still held: reported as is
+    import threading
+    t = threading.Timer(0.1, lambda: fsio.rename(held, lay.job_path("failed", j)))
+    t.start()                                                # the merge publishes
+    assert store.locate_own(j, wait=5) == ("failed", lay.job_path("failed", j))
+    t.join()
+    fsio.rename(lay.job_path("failed", j), held)             # held again, for good
+    from spoolbalsam.api.job import JobBusy
+    monkeypatch.setattr(Store, "locate_own", lambda self, job_id, wait=5.0: Store.locate(self, job_id))
+    with pytest.raises(JobBusy):
+        _remove(lay, j)
+    assert held.exists() and not (lay.site_dir / "removed" / f"{j}.json").exists()

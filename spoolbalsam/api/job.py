@@ -585,12 +585,15 @@ def _locate_settled(layout: Layout, store: Store, job_id: str):
     from ..site.service import running_site
     deadline = time.monotonic() + INTAKE_WAIT_SEC
     while True:
-        loc = store.locate(job_id)
+        loc = store.locate_own(job_id)
         if loc is None:
             raise Job.DoesNotExist(f"job {job_id} is not in site {layout.root} (deleted?)")
+        if loc[0] != "created" and not store.own_name(loc[0], loc[1], job_id):
+            raise JobBusy(f"job {job_id} is being moved by another process (held at "
+                          f"{loc[1]}); try again")
         if loc[0] != "created":
             return loc
-        if running_site(layout) is None:
+        if running_site(layout) is None and store.own_name(loc[0], loc[1], job_id):
             return loc
         if time.monotonic() >= deadline:
             raise JobBusy(f"job {job_id} is still in jobs/created/ after {INTAKE_WAIT_SEC:g} s: "

@@ -37,6 +37,7 @@ from __future__ import annotations
 import errno
 import os
 import random
+import time
 from pathlib import Path
 from typing import Iterator
 
@@ -239,6 +240,31 @@ class Store:
     def visible(self, job_id: str) -> bool:
         """True if the job has a visible name (limbos not counted)."""
         return self.locate(job_id, {}) is not None
+
+    def own_name(self, where: str, path: Path, job_id: str) -> bool:
+        """True if ``path`` is the job's own visible name in ``where``: not a copy held in
+        a limbo, a bulk drop or the site's intake, which only their holder may move."""
+        if where == "running":
+            return path.parent.parent == self.layout.running and path.name == f"{job_id}.json"
+        return path == self.layout.job_path(where, job_id)
+
+    def locate_own(self, job_id: str, wait: float = 5.0) -> tuple[str, Path] | None:
+        """``locate`` for a process about to move the job: its own visible name, waiting
+        up to ``wait`` seconds while someone else holds it mid-move; None if it is gone.
+
+        # race: the site's merges hold done/ and failed/ records in site/limbo for a moment
+        # all the time.  Renaming that held copy away would leave the job with two names
+        # once the site publishes the new record, so a mover only ever renames a job's own
+        # name.  A job still held when ``wait`` runs out is reported where it is held
+        # (the caller refuses: it is busy)."""
+        deadline = time.monotonic() + wait
+        while True:
+            loc = self.locate(job_id)
+            if loc is None or self.own_name(loc[0], loc[1], job_id):
+                return loc
+            if time.monotonic() >= deadline:
+                return loc
+            time.sleep(0.01)
 
     def buckets(self, state: str) -> list[str]:
         """The listing units of a state directory: its buckets, launchers, or itself ("")."""
