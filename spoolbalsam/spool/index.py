@@ -599,7 +599,7 @@ class Keeper(Table):
         keeper._adopt(table)
         for line in lines:
             keeper.apply_line(line)
-            keeper.log_entries += len(line.get("new", ())) + len(line.get("set", ()))
+            keeper.log_entries += max(1, len(line.get("new", ())) + len(line.get("set", ())))
         keeper._index_codes()
         keeper.flushed_rows = len(keeper)
         keeper.flushed_apps, keeper.flushed_tagsets = len(keeper.apps), len(keeper.tagsets)
@@ -699,7 +699,7 @@ class Keeper(Table):
                 self.offsets = dict(offsets)
             self.log.append(line)
             self.log.flush(durable=False)
-            self.log_entries += len(self.dirty) + n - self.flushed_rows
+            self.log_entries += max(1, len(self.dirty) + n - self.flushed_rows)   # a line is one at least
             self.flushed_rows, self.dirty = n, set()
             self.flushed_apps, self.flushed_tagsets = len(self.apps), len(self.tagsets)
             self.t = line["t"]
