@@ -7,7 +7,9 @@ commit, alternately, on the same machine.
 ``REV`` is checked out (detached) into a temporary git worktree, removed at the end.  Each
 round runs ``python CHECKOUT/bench/SCRIPT ARGS`` for the base, then for this checkout (the
 order alternates from round to round, so drift hurts both alike); each run uses its own
-checkout's package and its own copy of the script.  Every output line is printed, prefixed
+checkout's package and its own copy of the script.  ``--head-scripts`` copies this
+checkout's ``bench/*.py`` over the base's first: the same benchmark code on both sides, for
+a benchmark the base does not have yet (the scripts then call only what the base has).  Every output line is printed, prefixed
 with ``base``/``head``.  Then, for every kind of line that reports a rate (``... N jobs/s``
 or ``... N tasks/s``; lines are matched by their text with the numbers taken out), the
 median of each side and the ratio head/base.  Asserts nothing.
@@ -28,14 +30,16 @@ NUMBER = re.compile(r"\d[\d,.]*")
 
 
 def shape(line: str) -> str:
-    """A line with its numbers taken out: lines of one kind across runs share it."""
-    return NUMBER.sub("#", line.strip())
+    """A line with its numbers taken out: lines of one kind across runs share it.  Numbers
+    inside square brackets are labels (``[64 launchers]``) and stay."""
+    parts = re.split(r"(\[[^\]]*\])", line.strip())
+    return "".join(p if p.startswith("[") else NUMBER.sub("#", p) for p in parts)
 
 
 def rates(text: str) -> dict[str, list[float]]:
     out: dict[str, list[float]] = {}
     for line in text.splitlines():
-        m = RATE.search(line)
+        m = RATE.search(re.sub(r"\[[^\]]*\]", "", line))
         if m:
             out.setdefault(shape(line), []).append(float(m.group(1).replace(",", "")))
     return out
@@ -55,6 +59,8 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--base", required=True, help="the older commit to compare with")
     ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--head-scripts", action="store_true",
+                    help="run this checkout's bench/*.py on the base's package too")
     ap.add_argument("script", help="a script in bench/, e.g. throughput.py")
     ap.add_argument("args", nargs=argparse.REMAINDER)
     a = ap.parse_args()
@@ -62,6 +68,9 @@ def main() -> int:
     base = tmp / "base"
     subprocess.run(["git", "-C", str(REPO), "worktree", "add", "--detach", "-q", str(base),
                     a.base], check=True)
+    if a.head_scripts:
+        for script in (REPO / "bench").glob("*.py"):
+            (base / "bench" / script.name).write_bytes(script.read_bytes())
     collected: dict[str, dict[str, list[float]]] = {"base": {}, "head": {}}
     try:
         for r in range(a.rounds):

@@ -180,11 +180,10 @@ def _launcher_pid(layout: Layout) -> int | None:
     return None
 
 
-def run_spool(n: int, sleep: float, slots: int, tmp: Path, poll: float, timeout: float,
-              merge_wait: float, profile: str | None = None,
-              profile_dir: Path | None = None, launcher_start: str = "create",
-              site_settings: dict | None = None) -> dict:
-    root = tmp / "site"
+def make_bench_site(root: Path, n: int, sleep: float, slots: int,
+                    site_settings: dict | None = None) -> tuple[Layout, list[dict]]:
+    """The benchmark's site (``spool site init ROOT --machine local --cpus SLOTS``, settings
+    overridden by ``site_settings``, app ``Bench``) and its ``n`` jobs, not yet submitted."""
     subprocess.run(C.SPOOL + ["site", "init", str(root), "--machine", "local", "--cpus",
                               str(slots)], check=True, stdout=subprocess.DEVNULL, env=C.child_env())
     layout = Layout(root)
@@ -203,6 +202,39 @@ def run_spool(n: int, sleep: float, slots: int, tmp: Path, poll: float, timeout:
     # node_packing_count = slots: as in Balsam, a job with the default 1 takes a whole node
     raws = [{"app": "Bench", "workdir": f"b/{i:05d}", "node_packing_count": slots}
             for i in range(n)]
+    return layout, raws
+
+
+def wait_merged(layout: Layout, ids: list[str], poll: float, end: float,
+                merge_wait: float) -> tuple[set[str], float]:
+    """Wait until every record of ``ids`` in ``done/`` reads ``state: JOB_FINISHED`` with
+    ``return_code: 0`` (merged in by the site), giving up at ``end`` (perf_counter) or after
+    ``merge_wait`` s without progress.  Returns (names still unmerged, perf_counter time of
+    the last progress)."""
+    pending = {f"{job_id}.json" for job_id in ids}
+    last = time.perf_counter()
+    while pending and time.perf_counter() < min(end, last + merge_wait):
+        before = len(pending)
+        for name in list(pending):
+            try:
+                rec = fsio.read_json(layout.job_path("done", name[:-5]))
+            except (FileNotFoundError, ValueError):
+                continue           # being rewritten by the site's merge right now
+            if rec.get("state") == "JOB_FINISHED" and rec.get("return_code") == 0:
+                pending.discard(name)
+        if len(pending) < before:
+            last = time.perf_counter()
+        if pending:
+            time.sleep(poll)
+    return pending, last
+
+
+def run_spool(n: int, sleep: float, slots: int, tmp: Path, poll: float, timeout: float,
+              merge_wait: float, profile: str | None = None,
+              profile_dir: Path | None = None, launcher_start: str = "create",
+              site_settings: dict | None = None) -> dict:
+    root = tmp / "site"
+    layout, raws = make_bench_site(root, n, sleep, slots, site_settings)
     site = launcher = None
     res: dict = {"n": n}
     cpu: dict = {"launcher": None, "site": None}
@@ -240,21 +272,8 @@ def run_spool(n: int, sleep: float, slots: int, tmp: Path, poll: float, timeout:
                "starter": [_cpu(p) for p in _child_pids(lpid)] if lpid else []}
         # merged: every record in done/ carries state JOB_FINISHED and return code 0.  Give
         # up after ``merge_wait`` s without progress (a record the site never merges).
-        pending = {f"{r['id']}.json" for r in recs} if not watch.left else set()
-        last = time.perf_counter()
-        while pending and time.perf_counter() < min(end, last + merge_wait):
-            before = len(pending)
-            for name in list(pending):
-                try:
-                    rec = fsio.read_json(layout.job_path("done", name[:-5]))
-                except (FileNotFoundError, ValueError):
-                    continue           # being rewritten by the site's merge right now
-                if rec.get("state") == "JOB_FINISHED" and rec.get("return_code") == 0:
-                    pending.discard(name)
-            if len(pending) < before:
-                last = time.perf_counter()
-            if pending:
-                time.sleep(poll)
+        pending, last = wait_merged(layout, [r["id"] for r in recs] if not watch.left else [],
+                                    poll, end, merge_wait)
         if "done" in res:
             res["merged" if not pending else "merged_but_stuck"] = last - t0
         res["not_done"] = watch.left

@@ -165,14 +165,15 @@ class BulkIntake:
                              f"job {stuck[0]['id']} is in (or behind) a cycle of parents "
                              "within this file")
         site = self.site
-        held_ids = {k: v for k, v in site.store.held_index().items() if v[1] != held}
+        held_ids = {k: v for k, v in site.store.held_index(launchers=not site.index_checked)
+                    .items() if v[1] != held}
         published: dict[str, str] = {}
         jobs, again = [], []
         apps = site.apps.pinned()
         for rec in ordered:
             n = rec.pop("_line")
             job_id = rec["id"]
-            out, where = check_job(rec, f"{source} line {n}", apps, site.store,
+            out, where = check_job(rec, f"{source} line {n}", apps, site,
                                    site.machine, published, held_ids, intake=True,
                                    locations=site.staging.locations)
             published[job_id] = where

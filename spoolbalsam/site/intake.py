@@ -54,7 +54,9 @@ def check_job(rec: dict, source: str, apps, store, machine, published: dict | No
               limbo: dict | None = None, intake: bool = False,
               minted: bool = False, locations: dict | None = None) -> tuple[dict | None, str]:
     """(record in its first state, directory) — or (None, dir) if it is already in the site
-    from this very file (``intake_digest`` matches: a crash after publishing).  ``intake``:
+    from this very file (``intake_digest`` matches: a crash after publishing).  ``store``
+    answers ``locate(job_id, limbo)``: a ``Store``, or the site, which asks its query index
+    first (``Site.locate``).  ``intake``:
     the caller is the site taking the job in, not a submitter checking before the drop.
     ``minted``: the caller has just generated the id (``ids.new_id``, 80 random bits), so it
     is not looked up; the site's intake looks up every id it takes in.  ``locations``: the

@@ -51,7 +51,7 @@ from ..spool import states as S
 from ..apps import AppRegistry
 from ..spool import bell, fsio, kills
 from ..spool.events import apply_event, event_logs, merge_state, save_merge_state, settled_prefix
-from ..spool.index import COMPACT_MIN, Keeper
+from ..spool.index import CODE, COMPACT_MIN, DIR_OF, REMOVED, Keeper
 from ..spool.ids import new_id, valid_id
 from ..spool.layout import MARKER, Layout
 from ..spool.lease import DEAD, EXITED, LeaseJudge, job_processes, read_lease
@@ -68,6 +68,7 @@ INTAKE_BURST = 64        # a tick that took in this many looks again at once, un
 INTAKE_BUDGET = 1.0      # seconds of intake per tick before merges and liveness get a turn
 SETTLE_PERIOD = 30.0     # seconds between backstop checks of every waiting job's parents
 INDEX_CHECK_PERIOD = 600.0   # seconds for the background check to cover every bucket once
+JUDGE_PERIOD = 1.0       # seconds between two judgements of each launcher's lease
 
 
 def _alive(pid: int) -> bool:
@@ -95,6 +96,11 @@ class Site:
         self._index: Keeper | None = None        # opened by recover() or at first use
         self.bulk = BulkIntake(self)
         self.next_check = 0.0
+        self.watched: list[str] | None = None    # ... as last handed to on_launchers
+        self.leases: dict[str, tuple[tuple, dict | None]] = {}   # name -> (stat key, lease)
+        self.next_judge = 0.0
+        self.running_at: dict[str, str] = {}     # job -> launcher, from RUNNING events
+        self.index_checked = False               # rows checked against the directories
         index_settings = settings.get("index") or {}
         self.check_every = index_settings.get("check_period_sec", INDEX_CHECK_PERIOD) / 256
         self.compact_min = int(index_settings.get("compact_min", COMPACT_MIN))
@@ -125,6 +131,7 @@ class Site:
         self.store.ring()       # for a publish whose ring a crash of ours cut off
         t = time.monotonic()
         fixed = self.index.reconcile()
+        self.index_checked = True
         self.index.flush(self.offsets)
         log.info("index: %d jobs, checked against the directories in %.2f s (%d corrected)",
                  len(self.index), time.monotonic() - t, fixed)
@@ -172,7 +179,7 @@ class Site:
         """Backstop: re-check the parents of every waiting job.  A parent moved by hand or by
         the API (``job rm``, ``job.state = ...``) produces no launcher event to react to."""
         for parent in list(self.children):
-            loc = self.store.locate(parent)
+            loc = self.locate(parent)
             if loc is None or loc[0] in ("done", "failed"):
                 for child in self.children.pop(parent, ()):
                     self._settle_waiting(child)
@@ -191,6 +198,50 @@ class Site:
                                 p.unlink()
                         except FileNotFoundError:
                             pass
+
+    # ---- finding jobs ---------------------------------------------------------------------
+    def locate(self, job_id: str, held: dict | None = None) -> tuple[str, Path] | None:
+        """``Store.locate`` in one or two looks: where a job of this site is, or None.
+
+        ``Store.locate`` looks into every state directory and every launcher's running/
+        directory, so at a thousand launchers it costs a thousand lookups: for each job the
+        intake takes in (its id must be new) and each parent it checks.  The site's query
+        index names a job's directory, and the job's RUNNING event its launcher, so that
+        path is looked at first.  Only when the disk disagrees with them (a verdict logged
+        before its rename, a move the site has not heard of yet) does ``Store.locate``
+        decide, looking everywhere.
+
+        A job the index has no row for is in no state directory: the index was checked
+        against every directory at start (``recover``; until then this is
+        ``Store.locate``), every job the site publishes gets its row at once, and jobs only
+        enter the state directories through the site's intake.  Such a job can only be one
+        without a record of its own, in ``held`` (``Store.held_index``: jobs of bulk drops
+        not yet published; the limbos hold only indexed jobs).
+
+        # race: a job may move between our looks.  A hit is a place it was in; a miss of
+        # both paths falls back to ``Store.locate``, whose order of looks sees forward moves.
+        """
+        if not self.index_checked:
+            return self.store.locate(job_id, held)
+        index = self.index
+        r = index.row.get(job_id)
+        if r is None:
+            return (self.store.held_index(launchers=False) if held is None else held).get(job_id)
+        code = index.state[r]
+        if code == CODE[REMOVED]:
+            return self.store.locate(job_id, held)
+        lay, exists = self.layout, os.path.exists
+        where = DIR_OF[code]
+        if where != "running":
+            path = lay.job_file(where, job_id)
+            if exists(path):
+                return where, Path(path)
+        launcher = self.running_at.get(job_id)
+        if launcher is not None:
+            path = lay.job_file("running", job_id, launcher)
+            if exists(path):
+                return "running", Path(path)
+        return self.store.locate(job_id)
 
     # ---- one iteration --------------------------------------------------------------------
     def tick(self, now: float | None = None) -> dict:
@@ -260,14 +311,14 @@ class Site:
         again: list[str] = []                    # published before a crash: look them up
         taken: list[Path] = []                   # drops to delete once the batch is in
         count = 0
-        limbo = self.store.held_index()
+        limbo = self.store.held_index(launchers=not self.index_checked)
         apps = self.apps.pinned()
         ordered, stuck = parents_first(parsed, lambda e: e[2])
         # a cycle within the batch: check_job rejects its jobs, naming the missing parent
         for src, name, rec, canonical in ordered + stuck:
             job_id = rec["id"]
             try:
-                rec, where = check_job(rec, f"jobs/created/{name}", apps, self.store,
+                rec, where = check_job(rec, f"jobs/created/{name}", apps, self,
                                        self.machine, published, limbo, intake=True,
                                        locations=self.staging.locations)
             except InvalidJob as e:
@@ -385,8 +436,14 @@ class Site:
         merged = self._merge_unsettled(batch, settled)
         changed = len(self.unsettled) != before
         half_seen: dict[tuple[str, int], float] = {}
-        for launcher, path in event_logs(self.layout).items():
+        for launcher in fsio.list_dirs(self.layout.launchers):
+            path = self.layout.launchers / launcher / "events.jsonl"
             start = self.offsets.get(launcher, 0)
+            try:
+                if os.stat(path).st_size <= start:
+                    continue           # nothing appended since we read it: not opened
+            except FileNotFoundError:
+                continue
             lines, end = fsio.read_lines_at(path, start)
             events = [ev for ev, _ in lines]
             keep = settled_prefix(events)
@@ -403,6 +460,8 @@ class Site:
             for ev in events:
                 if "job" in ev and "to" in ev:
                     by_job.setdefault(ev["job"], []).append(ev)
+                    if ev["to"] == S.RUNNING:
+                        self.running_at[ev["job"]] = launcher
             for job_id, evs in by_job.items():
                 if verdict_dir(evs[-1]):
                     merged += self._merge_final(job_id, evs, batch, settled)
@@ -436,6 +495,7 @@ class Site:
             self.unsettled[job_id] = self.unsettled.get(job_id, []) + evs
             return 0
         self.unsettled.pop(job_id, None)
+        self.running_at.pop(job_id, None)
         new = rec
         for ev in evs:
             new = apply_event(new, ev)
@@ -447,9 +507,10 @@ class Site:
     def _merge_unsettled(self, batch, settled: list) -> int:
         n = 0
         for job_id, evs in list(self.unsettled.items()):
-            loc = self.store.locate(job_id)
+            loc = self.locate(job_id)
             if loc is None or loc[0] in ("ready", "waiting", "created"):
                 self.unsettled.pop(job_id)      # revoked or removed meanwhile
+                self.running_at.pop(job_id, None)
             elif loc[0] in ("done", "failed", "stageout"):
                 del self.unsettled[job_id]
                 n += self._merge_final(job_id, evs, batch, settled)
@@ -468,7 +529,7 @@ class Site:
             return
         pending = []
         for p in rec.get("parent_ids", ()):
-            loc = self.store.locate(p)
+            loc = self.locate(p)
             where = loc[0] if loc else None
             if where == "failed" or where is None:
                 why = f"parent {p} failed" if where else f"parent {p} no longer exists"
@@ -507,19 +568,41 @@ class Site:
 
     # ---- 3. launcher liveness -------------------------------------------------------------
     def check_launchers(self, now: float) -> int:
+        """Judge every launcher's lease (once per ``JUDGE_PERIOD``) and revoke the jobs of
+        the dead and the exited.  A lease is read again only when its file changed (a
+        rewrite is a new file: another inode or mtime); unchanged, its ``seq`` is too."""
         revoked = 0
         names = fsio.list_dirs(self.layout.launchers)
-        if self.on_launchers is not None:
+        if self.on_launchers is not None and names != self.watched:
             self.on_launchers([self.layout.launcher_dir(n) for n in names])
+            self.watched = names
+        if now < self.next_judge:
+            return 0
+        self.next_judge = now + JUDGE_PERIOD
+        for name in [n for n in self.leases if n not in set(names)]:
+            del self.leases[name]
         for launcher in names:
             ldir = self.layout.launcher_dir(launcher)
-            lease = read_lease(ldir / "lease.json")
+            lease = self._lease(launcher, ldir / "lease.json")
             ended = bool(self.batch and lease and self.batch.allocation_ended(lease))
             verdict = self.judge.judge(launcher, lease, now, scheduler_ended=ended)
             if verdict in (DEAD, EXITED):
                 self.merge()   # its last verdicts first: a finished job must not be rerun
                 revoked += self.revoke_launcher(launcher, "dead" if verdict == DEAD else "exited")
         return revoked
+
+    def _lease(self, launcher: str, path: Path) -> dict | None:
+        try:
+            st = os.stat(path)
+            key = (st.st_ino, st.st_size, st.st_mtime_ns)
+        except FileNotFoundError:
+            key = ()
+        cached = self.leases.get(launcher)
+        if cached is not None and cached[0] == key and key:
+            return cached[1]
+        lease = read_lease(path)
+        self.leases[launcher] = (key, lease)
+        return lease
 
     def revoke_launcher(self, launcher: str, why: str) -> int:
         """Take back every job of a dead (or exited) launcher, then retire its directory."""
@@ -552,6 +635,9 @@ class Site:
         fsio.rename(ldir, retired / launcher)
         self.store.ring()       # for a move into ready/ whose ring its death cut off
         self.judge.forget(launcher)
+        self.leases.pop(launcher, None)
+        for job_id in [j for j, at in self.running_at.items() if at == launcher]:
+            del self.running_at[job_id]
         self.offsets.pop(launcher, None)
         save_merge_state(self.layout, self.offsets, self.unsettled)
         self.events.append({"t": time.time(), "launcher": launcher, "retired": why, "revoked": n})

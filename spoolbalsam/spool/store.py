@@ -194,22 +194,25 @@ class Store:
             limbo = self.held_index()
         return limbo.get(job_id)
 
-    def limbo_dirs(self) -> list[Path]:
+    def limbo_dirs(self, launchers: bool = True) -> list[Path]:
         site = self.layout.site_dir
-        dirs = [site / "limbo"] + [self.layout.launchers / n / "limbo"
-                                   for n in fsio.list_dirs(self.layout.launchers)]
+        dirs = [site / "limbo"]
+        if launchers:
+            dirs += [self.layout.launchers / n / "limbo"
+                     for n in fsio.list_dirs(self.layout.launchers)]
         for extra in fsio.list_dirs(site):
             if extra.startswith("limbo-"):
                 dirs.append(site / extra)
                 dirs += [site / extra / sub for sub in fsio.list_dirs(site / extra)]
         return dirs
 
-    def limbo_index(self) -> dict[str, tuple[str, Path]]:
+    def limbo_index(self, launchers: bool = True) -> dict[str, tuple[str, Path]]:
         """Every job held in a limbo: id -> (dest, path).  The limbos are the site's
-        (``site/limbo``), each launcher's (``launchers/L/limbo``) and those of CLI and API
-        processes (``site/limbo-*``, with one level of per-process subdirectories)."""
+        (``site/limbo``), each launcher's (``launchers/L/limbo``; ``launchers=False`` leaves
+        them out: one listing per launcher) and those of CLI and API processes
+        (``site/limbo-*``, with one level of per-process subdirectories)."""
         out = {}
-        dirs = self.limbo_dirs()
+        dirs = self.limbo_dirs(launchers)
         for d in dirs:
             for name in fsio.list_names(d):
                 job_id, _, key = name[: -len(".json")].partition(LIMBO_SEP)
@@ -224,14 +227,14 @@ class Store:
         return ([lay.created / n for n in sorted(fsio.list_names(lay.created, suffix=BULK))]
                 + [hold / n for n in sorted(fsio.list_names(hold, suffix=BULK))])
 
-    def held_index(self) -> dict[str, tuple[str, Path]]:
+    def held_index(self, launchers: bool = True) -> dict[str, tuple[str, Path]]:
         """Every job without a visible record of its own: in a limbo (``limbo_index``), or
         in a bulk drop (as ``("created", the drop)``).  What ``locate`` falls back on."""
         out = {}
         for path in self.bulk_files():
             for job_id in bulk_ids(path):
                 out[job_id] = ("created", path)
-        out.update(self.limbo_index())
+        out.update(self.limbo_index(launchers))
         return out
 
     def exists(self, job_id: str) -> bool:
