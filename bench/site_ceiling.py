@@ -20,6 +20,12 @@ process plays the submitters and ``--launchers`` launchers, with no job process 
   own), and only then renames each job from ``running/L/`` into ``done/BB/``; then it
   *claims* up to ``--inflight / launchers`` ready jobs (the round lists ``ready/`` and
   deals the names out) by rename into ``running/L/`` and appends their ``RUNNING`` events.
+* **launchers that merge their verdicts** (``--merged``, what ``launcher.merge_verdicts``
+  does, the default on machines with a batch scheduler): a launcher reads each record it
+  claims, and finishes a job by moving it into its limbo and publishing the record with its
+  events merged in (``Store.move_rewrite``, the round's records under one ``fsio.Batch``
+  written into spare files); its ``JOB_FINISHED`` says ``merged``, and the site only looks
+  that the record is there.
 * **dependent jobs** (``--deps``): every second job is the child of the one before it; the
   site holds it in ``waiting/`` and releases it to ``ready/`` when its parent's verdict is
   merged.
@@ -57,7 +63,9 @@ from spoolbalsam.spool import fsio  # noqa: E402
 from spoolbalsam.spool.ids import SHARDS, new_id, shard  # noqa: E402
 from spoolbalsam.spool.layout import Layout  # noqa: E402
 from spoolbalsam.spool.lease import proc_start  # noqa: E402
+from spoolbalsam.spool.events import MERGED, apply_event  # noqa: E402
 from spoolbalsam.spool.record import normalize, user_view  # noqa: E402
+from spoolbalsam.spool.store import Store, read_job  # noqa: E402
 
 LEASE_SEC = 5.0
 ROUND_SEC = 0.005         # the synthetic launchers act at most this often
@@ -91,8 +99,10 @@ def drop(layout: Layout, views: list[dict], bulk: bool) -> None:
 class Synthetic:
     """One synthetic launcher: its directories, lease, event log and claimed jobs."""
 
-    def __init__(self, layout: Layout, name: str, pid_start: str | None):
+    def __init__(self, layout: Layout, name: str, pid_start: str | None, merged: bool):
         self.id = name
+        self.merged = merged                         # publish records with verdicts merged
+        self.limbo = layout.launcher_dir(name) / "limbo"
         self.dir = layout.launcher_dir(name)
         self.rdir = layout.running / name
         for d in (self.dir, self.rdir, self.dir / "limbo"):
@@ -101,7 +111,7 @@ class Synthetic:
         self.lease = {"seq": 0, "interval": LEASE_SEC, "host": fsio.HOST, "pid": os.getpid(),
                       "pid_start": pid_start, "mode": "serial", "batch_job": None,
                       "scheduler_id": None, "nodes": [HOST_NAME], "state": "running"}
-        self.held: list[tuple[str, float]] = []      # (job id, started_at)
+        self.held: list[tuple[str, float, dict | None]] = []   # (job id, started_at, record)
         self.offsets = [0]                           # log size after each verdict write ...
         self.finished = [0]                          # ... and verdicts written by then
         self.size = 0
@@ -111,9 +121,9 @@ class Synthetic:
         self.lease["seq"] += 1
         fsio.write_json_atomic(self.dir / "lease.json", self.lease, durable=False)
 
-    def _event(self, job: str, to: str, t: float, **extra) -> bytes:
-        return orjson.dumps({"t": t, "job": job, "attempt": 1, "to": to, "by": self.id,
-                             "launcher": self.id, **extra}) + b"\n"
+    def _event(self, job: str, to: str, t: float, **extra) -> dict:
+        return {"t": t, "job": job, "attempt": 1, "to": to, "by": self.id, "launcher": self.id,
+                **extra}
 
     def _write(self, data: bytes) -> None:
         view = memoryview(data)
@@ -121,24 +131,28 @@ class Synthetic:
             view = view[os.write(self.fd, view):]
         self.size += len(data)
 
-    def write_verdicts(self) -> list[str]:
-        """RUN_DONE + JOB_FINISHED of every held job, in one write (not yet synced); the ids."""
+    def write_verdicts(self) -> list[tuple[str, dict | None]]:
+        """RUN_DONE + JOB_FINISHED of every held job, in one write (not yet synced); the ids
+        and, for a launcher that merges its verdicts, the records to publish."""
         if not self.held:
             return []
-        now, parts, ids = time.time(), [], []
-        for job, started in self.held:
+        now, parts, out = time.time(), [], []
+        for job, started, rec in self.held:
             place = {"hosts": [HOST_NAME], "cpus": [[1]], "gpus": [["0.0"]], "units": 360360}
-            parts.append(self._event(job, "RUN_DONE", now, return_code=0, ended_at=now,
-                                     started_at=started, host=HOST_NAME, placement=place,
-                                     affinity={"variable": "ZE_AFFINITY_MASK",
-                                               "rank_masks": ["0.0"]}))
-            parts.append(self._event(job, "JOB_FINISHED", now))
-            ids.append(job)
+            evs = [self._event(job, "RUN_DONE", now, return_code=0, ended_at=now,
+                               started_at=started, host=HOST_NAME, placement=place,
+                               affinity={"variable": "ZE_AFFINITY_MASK", "rank_masks": ["0.0"]}),
+                   self._event(job, "JOB_FINISHED", now, **({MERGED: True} if rec else {}))]
+            parts += [orjson.dumps(ev) + b"\n" for ev in evs]
+            if rec is not None:
+                for ev in evs:
+                    rec = apply_event(rec, ev)
+            out.append((job, rec))
         self._write(b"".join(parts))
         self.offsets.append(self.size)
-        self.finished.append(self.finished[-1] + len(ids))
+        self.finished.append(self.finished[-1] + len(out))
         self.held = []
-        return ids
+        return out
 
     def claim(self, layout: Layout, names: list[tuple[str, str]]) -> int:
         """Claim the ready jobs ``names`` ([(bucket, file name)]) by rename; RUNNING events."""
@@ -149,17 +163,20 @@ class Synthetic:
             except FileNotFoundError:
                 continue
             job = name[:-5]
-            self.held.append((job, now))
             place = {"hosts": [HOST_NAME], "cpus": [[1]], "gpus": [["0.0"]], "units": 360360}
-            parts.append(self._event(job, "RUNNING", now, host=HOST_NAME, placement=place,
-                                     pid=4242, host_name=HOST_NAME, pid_start="1",
-                                     affinity={"variable": "ZE_AFFINITY_MASK",
-                                               "rank_masks": ["0.0"]}, started_at=now))
+            ev = self._event(job, "RUNNING", now, host=HOST_NAME, placement=place, pid=4242,
+                             host_name=HOST_NAME, pid_start="1", started_at=now,
+                             affinity={"variable": "ZE_AFFINITY_MASK", "rank_masks": ["0.0"]})
+            rec = None
+            if self.merged:       # a launcher reads what it claims; it merges into that
+                rec = apply_event(read_job(self.rdir / name, "running"), ev)
+            self.held.append((job, now, rec))
+            parts.append(orjson.dumps(ev) + b"\n")
         if parts:
             self._write(b"".join(parts))
         return len(parts)
 
-    def merged(self, offset: int) -> int:
+    def verdicts_below(self, offset: int) -> int:
         """Verdicts written below ``offset`` of the log (what the site has read)."""
         return self.finished[bisect.bisect_right(self.offsets, offset) - 1]
 
@@ -183,7 +200,7 @@ def site_merged(layout: Layout, syn: dict[str, Synthetic]) -> int:
     except (FileNotFoundError, ValueError):
         return 0
     offsets = state.get("offsets", {})
-    read = sum(s.merged(offsets.get(name, 0)) for name, s in syn.items())
+    read = sum(s.verdicts_below(offsets.get(name, 0)) for name, s in syn.items())
     return read - len(state.get("pending", {}))
 
 
@@ -198,7 +215,7 @@ def _site_argv(root: Path, profile: str | None, out: Path | None) -> list[str]:
 
 
 def run(tmp: Path, launchers: int, n: int, deps: bool, bulk: bool, chunk: int, window: int,
-        inflight: int, settings: dict, timeout: float, profile: str | None,
+        inflight: int, merged: bool, settings: dict, timeout: float, profile: str | None,
         profile_out: Path | None) -> dict:
     root = tmp / "site"
     layout, _ = T.make_bench_site(root, 0, 0.0, 2, settings)
@@ -207,7 +224,9 @@ def run(tmp: Path, launchers: int, n: int, deps: bool, bulk: bool, chunk: int, w
     me = proc_start(os.getpid())
     for i in range(launchers):
         name = f"syn{i:05d}-{new_id()[-6:]}"
-        syn[name] = Synthetic(layout, name, me)
+        syn[name] = Synthetic(layout, name, me, merged)
+    store = Store(layout)
+    spares = fsio.Spares(layout.launchers / ".bench-spare")   # as each launcher's own
     res: dict = {"launchers": launchers, "n": n}
     site = None
     try:
@@ -230,13 +249,19 @@ def run(tmp: Path, launchers: int, n: int, deps: bool, bulk: bool, chunk: int, w
                 fed += len(take)
             # finish what was claimed in the round before: events, one sync, renames
             ended = [(s, s.write_verdicts()) for s in syn.values()]
-            ended = [(s, ids) for s, ids in ended if ids]
+            ended = [(s, jobs) for s, jobs in ended if jobs]
             if ended:
                 fsio.sync_filesystem(layout.jobs)
-                for s, ids in ended:
-                    for job in ids:
-                        os.rename(s.rdir / f"{job}.json", layout.job_path("done", job))
-                    finished += len(ids)
+                batch = fsio.Batch(layout.jobs, spares)
+                for s, jobs in ended:
+                    for job, rec in jobs:
+                        src, dst = s.rdir / f"{job}.json", layout.job_path("done", job)
+                        if rec is None:
+                            os.rename(src, dst)
+                        else:
+                            store.move_rewrite(src, dst, rec, s.limbo, batch)
+                    finished += len(jobs)
+                batch.commit()
             names = list_ready(layout)
             if names:
                 pos = 0
@@ -251,6 +276,10 @@ def run(tmp: Path, launchers: int, n: int, deps: bool, bulk: bool, chunk: int, w
                 next_beat = time.monotonic() + LEASE_SEC
             merged = site_merged(layout, syn)
             samples.append((time.perf_counter() - t0, merged))
+            if fed == n and not fsio.list_names(layout.created, suffix=""):
+                rejected = len(fsio.list_names(layout.rejected, suffix=".reason"))
+                if rejected and merged + rejected >= n:
+                    break                   # the rest were refused: report, do not wait
             # rounds at most every ROUND_SEC: a busy loop would take a core from the site
             pause = ROUND_SEC - (time.perf_counter() - round_start)
             if pause > 0:
@@ -260,7 +289,8 @@ def run(tmp: Path, launchers: int, n: int, deps: bool, bulk: bool, chunk: int, w
         res.update(wall=wall, merged=merged, finished=finished, fed=fed,
                    site_cpu=(cpu1[0] - cpu0[0]) if cpu0 and cpu1 else None,
                    harness_cpu=hc1 - hc0, steady=_steady(samples, n),
-                   left_created=len(fsio.list_names(layout.created, suffix="")))
+                   left_created=len(fsio.list_names(layout.created, suffix="")),
+                   rejected=len(fsio.list_names(layout.rejected, suffix=".reason")))
     finally:
         for s in syn.values():
             s.close()
@@ -327,6 +357,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--launchers", default="1,64,1024", help="comma list of launcher counts")
     ap.add_argument("--n", type=int, default=20000, help="jobs per measurement")
     ap.add_argument("--deps", action="store_true", help="every second job a child")
+    ap.add_argument("--merged", action="store_true",
+                    help="launchers publish finished records with their verdicts merged "
+                         "(launcher.merge_verdicts: true, the default with a batch scheduler)")
     ap.add_argument("--drops", choices=("single", "bulk"), default="single")
     ap.add_argument("--chunk", type=int, default=500, help="jobs per submission")
     ap.add_argument("--window", type=int, default=4000,
@@ -344,7 +377,7 @@ def main(argv: list[str] | None = None) -> int:
     a = ap.parse_args(argv)
     settings = dict(kv.split("=", 1) for kv in a.set)
     counts = [int(x) for x in a.launchers.split(",") if x.strip()]
-    print(f"# site_ceiling: N={a.n}, deps={a.deps}, drops={a.drops}, chunk={a.chunk}, "
+    print(f"# site_ceiling: N={a.n}, deps={a.deps}, merged={a.merged}, drops={a.drops}, chunk={a.chunk}, "
           f"window={a.window}, inflight={a.inflight}, settings={settings or 'default'}; "
           f"{C.machine_line()}")
     C.byte_compile()
@@ -361,7 +394,7 @@ def main(argv: list[str] | None = None) -> int:
                     pdir.mkdir(parents=True, exist_ok=True)
                     prof = pdir / f"site-L{k}-rep{rep + 1}.{'prof' if a.profile == 'cprofile' else 'txt'}"
                 r = run(tmp, k, a.n, a.deps, a.drops == "bulk", a.chunk, a.window, a.inflight,
-                        settings, a.timeout, a.profile, prof)
+                        a.merged, settings, a.timeout, a.profile, prof)
                 results[k].append(r)
                 rate = r["merged"] / r["wall"] if r.get("wall") else 0
                 steady = f"{r['steady']:.0f}" if r.get("steady") else "-"
@@ -371,7 +404,8 @@ def main(argv: list[str] | None = None) -> int:
                       f"{r['wall']:.2f} s = {rate:7.0f} jobs/s (steady {steady} jobs/s); site "
                       f"CPU {sc} ms/job; harness CPU "
                       f"{1e3 * r['harness_cpu'] / max(r['merged'], 1):.3f} ms/job; "
-                      f"left in created/ {r['left_created']}", flush=True)
+                      f"left in created/ {r['left_created']}, rejected {r['rejected']}",
+                      flush=True)
                 if prof is not None:
                     print_profile(prof, a.profile)
                 if not a.keep:
@@ -381,10 +415,11 @@ def main(argv: list[str] | None = None) -> int:
             print(f"# kept {top}")
         else:
             C.rmtree(top)
-    print(f"\n# summary: median (min–max) of {a.reps}; N={a.n}, deps={a.deps}, drops={a.drops}")
+    print(f"\n# summary: median (min–max) of {a.reps}; N={a.n}, deps={a.deps}, "
+          f"merged={a.merged}, drops={a.drops}")
     for k in counts:
         rs = [r for r in results[k] if r.get("merged") == a.n]
-        label = f"[{k} launchers{', deps' if a.deps else ''}]"
+        label = f"[{k} launchers{', deps' if a.deps else ''}{', merged' if a.merged else ''}]"
         if not rs:
             print(f"{label} no complete run")
             continue
@@ -392,7 +427,7 @@ def main(argv: list[str] | None = None) -> int:
         steady = [r["steady"] for r in rs if r.get("steady")]
         cpu = [1e3 * r["site_cpu"] / r["n"] for r in rs if r.get("site_cpu")]
         hcpu = [1e3 * r["harness_cpu"] / r["n"] for r in rs]
-        print(f"{label} wall {C.med(rate):.0f} jobs/s ({C.spread(rate, '{:.0f}')}), steady "
+        print(f"{label} wall {C.med(rate):.0f} jobs/s (min–max {min(rate):.0f}–{max(rate):.0f}), steady "
               f"{C.spread(steady, '{:.0f}')}; harness CPU {C.spread(hcpu, '{:.3f}')} ms/job")
         if cpu:
             print(f"{label} site CPU {C.spread(cpu, '{:.3f}')} ms/job: one core sustains "

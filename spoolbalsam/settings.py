@@ -33,6 +33,8 @@ DEFAULTS: dict = {
         "max_concurrent_mpiruns": None,
         "prefetch": None,             # ready candidates read ahead (null: 2 x the allocation's cores, 16..4096)
         "default_launch_params": {},  # launch_params every job gets (its own win), e.g. srun overlap
+        "merge_verdicts": None,       # a launcher publishes its finished jobs' records itself (null: on
+                                      # machines with a batch scheduler, not on local)
     },
     "scheduler": {
         "sync_period_sec": 10.0,
@@ -109,6 +111,12 @@ def _abs_path(v):
     return v.rstrip("/") or "/"
 
 
+def _bool(v):
+    if not isinstance(v, bool):
+        raise ValueError(f"must be true, false or null, got {v!r}")
+    return v
+
+
 def _positive(v):
     if isinstance(v, bool) or not isinstance(v, (int, float)) or v <= 0:
         raise ValueError(f"must be a number > 0, got {v!r}")
@@ -120,6 +128,7 @@ def _positive(v):
 OPTIONAL = {"launcher.cpus_per_node": _whole(1), "launcher.gpu_ids": _id_list,
             "launcher.max_mpiexec_per_batch_job": _whole(1),
             "launcher.max_concurrent_mpiruns": _whole(1), "launcher.prefetch": _whole(1),
+            "launcher.merge_verdicts": _bool,
             "transfers.max_concurrent_transfers": _whole(1),
             "transfers.transfer_batch_size": _whole(1),
             "transfers.num_items_query_limit": _whole(1),

@@ -365,3 +365,41 @@ def test_a_site_whose_directory_is_deleted_stops(site, tmp_path):
     shutil.rmtree(site, ignore_errors=True)        # the site may write while it goes
     assert not (site / ".spool-site").exists()
     wait_for(lambda: not pid_alive(pid), 30, "the site process to stop by itself")
+
+
+def test_verdicts_launchers_merge_themselves_reach_the_index(site):
+    """With ``launcher.merge_verdicts`` the site moves and rewrites no finished job: what the
+    index says of them comes from the launchers' events alone.  Jobs finish, fail, and
+    release a child; the site is killed once meanwhile; the index equals a full scan."""
+    from helpers import edit_settings
+    edit_settings(site, {"launcher": {"merge_verdicts": True}})
+    write_app(site, "Flaky", FLAKY)
+    lay = layout(site)
+    start_site(site)
+    ids = [f"{'abcdef'[i % 6]}{i:02d}" for i in range(24)]     # c.. and f.. fail (FLAKY)
+    for j in ids:
+        drop(site, f"{j}.json", job("Flaky", f"m/{j}", retry={"errors": 0},
+                                    node_packing_count=4))
+    drop(site, "kid.json", job(workdir="m/kid", parent_ids=["a00"], node_packing_count=4))
+    wait_for(lambda: index.available(lay) and counts(lay)["waiting"] == 1, 20, "taken in")
+    proc = start_launcher(site, idle_ttl=2)
+    wait_for(lambda: len(ids_in(site, "done")) + len(ids_in(site, "failed")) >= 8, 60,
+             "some jobs finished")
+    info = site_info(site)
+    kill9(info["pid"])
+    wait_for(lambda: not pid_alive(info["pid"]), 10, "site gone")
+    start_site(site)
+    wait_for(lambda: proc.poll() is not None, 120, "launcher done")
+    finished = set(ids_in(site, "done")) | set(ids_in(site, "failed"))
+    assert finished == set(ids) | {"kid"}
+    assert sorted(ids_in(site, "failed")) == sorted(j for j in ids if j[0] in "cf")
+    wait_for(lambda: index.load(lay, overlay=False).dir_counts().get("running", 0) == 0
+             and sum(index.load(lay, overlay=False).dir_counts().values()) == 25, 20,
+             "the site's own index lines")
+    stop_site(site)
+    assert index.verify(lay) == []
+    seen = index.load(lay, overlay=False)
+    by_id = {seen.ids[r]: seen.describe(r)["state"] for r in range(len(seen))}
+    for j in finished:
+        rec = fsio.read_json(lay.job_path("done" if j in ids_in(site, "done") else "failed", j))
+        assert by_id[j] == rec["state"], j          # the launcher's own record, as indexed

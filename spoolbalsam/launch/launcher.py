@@ -12,13 +12,20 @@ One ``tick(now)``:
 
 1. heartbeat (the lease counter);
 2. reap finished processes (their resources go to step 4 first, their verdicts are
-   written after it): rc 0 -> event RUN_DONE + JOB_FINISHED, then rename to
-   ``done/`` (a job with stage-out items: RUN_DONE + POSTPROCESSED marked ``stage_out``,
-   then rename to ``stageout/``, where the site stages its outputs out); rc != 0 -> RUN_ERROR, then the retry policy: back to ``ready/`` with
-   ``attempt + 1`` or to ``failed/`` with the tail of job.out.  Events are written at once
-   and synced *before* the renames, so a verdict is never lost; jobs that end within
-   ``VERDICT_SYNC_SEC`` of each other share one fsync (their renames wait for it, their
-   resources are free at once);
+   written after it): rc 0 -> event RUN_DONE + JOB_FINISHED, then the move to ``done/``
+   (a job with stage-out items: RUN_DONE + POSTPROCESSED marked ``stage_out``, then a
+   rename to ``stageout/``, where the site stages its outputs out); rc != 0 -> RUN_ERROR,
+   then the retry policy: back to ``ready/`` with ``attempt + 1`` or to ``failed/`` with
+   the tail of job.out.  Events are written at once and synced *before* the moves, so a
+   verdict is never lost; jobs that end within ``VERDICT_SYNC_SEC`` of each other share one
+   fsync (their moves wait for it, their resources are free at once).  A move into
+   ``failed/`` or ``ready/`` -- and, with ``launcher.merge_verdicts`` (the default on
+   machines with a batch scheduler), into ``done/`` -- is a move with a rewrite
+   (``Store.move_rewrite``): the job goes into our limbo at once (the commit point) and its
+   record, with the verdict merged in, is published with the others of the same fsync
+   under one ``fsio.Batch``, written into spare files (``launchers/L/spare/``); the final
+   event says ``merged``, so the site has no record to rewrite.  Without it a finished job
+   is renamed into ``done/`` as it was claimed and the site merges its verdict;
 3. near the walltime (or on SIGTERM / a stop file): stop starting jobs, SIGTERM running
    ones, SIGKILL after the grace; they end RUN_TIMEOUT and go back to ``ready/`` for the
    next allocation.  Kill requests (``spool.kills``: one ``stat`` of ``launchers/L/kill.bell``
@@ -53,7 +60,7 @@ from typing import NamedTuple
 from ..spool import states as S
 from ..apps import AppRegistry
 from ..spool import bell, fsio, kills
-from ..spool.events import apply_event
+from ..spool.events import MERGED, apply_event
 from ..spool.ids import new_id
 from ..spool.layout import Layout
 from ..spool.lease import LeaseWriter, job_processes, proc_start
@@ -76,6 +83,8 @@ STANDBY_BELOW_SEC = 1.0      # ... if recent runs of its app were this short (el
 VERDICT_SYNC_SEC = 0.02      # verdicts of jobs ending this close together share one fsync
 GATHER_SEC = 0.001           # replies gather this long when every slot has a standby (wait)
 HOOK_POLL_SEC = 0.05         # a running hook is looked at this often
+SPARES_KEEP = 256            # replaced records kept to write later ones into (fsio.Spares)
+_MERGED = {MERGED: True}     # on a final event whose move carries the record
 
 
 class Hooked(NamedTuple):
@@ -115,6 +124,12 @@ class Launcher:
         self.margin = lset.get("walltime_margin_min", 1.0) * 60
         self.tail_lines = lset.get("error_tail_num_lines", 10)
         self.hook_timeout = 300.0
+        # On a machine with a batch scheduler many launchers share one site, each finishing a
+        # few jobs a second: each publishes its finished jobs' records itself, so the site
+        # only reads their events (see _publish_verdicts).  On the local machine one or two
+        # launchers finish jobs by the thousand a second and the site has cores to spare.
+        merge = lset.get("merge_verdicts")
+        self.merge_verdicts = machine.scheduler != "local" if merge is None else merge
         # Candidates read ahead: enough to fill every free core twice over, few enough that
         # the per-tick pass over them stays cheap when jobs are short.
         cores = sum(len(n.cpu_ids) for n in nodes)
@@ -136,6 +151,7 @@ class Launcher:
         self.mailbox = kills.Mailbox.open(self.dir)     # before the first claim (kills)
         self.kill_files: dict[Path, tuple[kills.Request, set[str]]] = {}   # to delete
         self.killed: set[str] = set()           # killed this tick: strays to sweep (_sweep)
+        self.spares = fsio.Spares(self.dir / "spare", keep=SPARES_KEEP)   # see _publish_verdicts
         self.lease = LeaseWriter(self.dir / "lease.json", settings.get("lease_interval_sec", 5.0),
                                  host=fsio.HOST, pid=os.getpid(), pid_start=proc_start(os.getpid()),
                                  mode=mode, batch_job=batch_job, scheduler_id=scheduler_id,
@@ -162,6 +178,11 @@ class Launcher:
         self.standbys = 0                       # of them, queued as standbys (see starter)
         self.mpiexecs = 0                       # launches through mpiexec/srun (the budget)
         self.finished = 0
+        # what claiming costs, in the exit lease (bench/many_launchers.py)
+        self.claims_lost = 0                    # renames that found the job gone
+        self.candidates_gone = 0                # candidates gone before we read them
+        self.empty_passes = 0                   # passes over ready/ that found nothing
+        self.listings = 0                       # listings of ready/ and of its buckets
         self.draining: str | None = None        # why we stopped starting jobs
         self.exit_reason: str | None = None
         self.verdicts: list = []                # renames waiting for the events' fsync
@@ -318,6 +339,7 @@ class Launcher:
             self._unplace(h.then[0])
         self.preparing.clear()
         self._publish_verdicts(time.monotonic(), force=True)
+        self.spares.drain()
         # race: a claim whose start failed, or a job claimed just before the stop, is in
         # running/L/ but not running; it was never started, so it goes back unchanged.
         for name in fsio.list_names(self.rdir):
@@ -333,7 +355,9 @@ class Launcher:
         self.events.close()
         self.lease.beat(force=True, state="exited", ended_at=time.time(),
                         exit_reason=self.exit_reason or self.draining,
-                        launches=self.launches, finished=self.finished, standbys=self.standbys)
+                        launches=self.launches, finished=self.finished, standbys=self.standbys,
+                        claims_lost=self.claims_lost, candidates_gone=self.candidates_gone,
+                        empty_passes=self.empty_passes, listings=self.listings)
         try:
             self.rdir.rmdir()
         except OSError:
@@ -419,17 +443,25 @@ class Launcher:
         self._publish_verdicts(now)
 
     def _publish_verdicts(self, now: float, force: bool = False) -> None:
-        """Sync the event log, then do the waiting verdicts' renames -- each verdict is
-        durable before its rename makes the move visible.  One fsync serves every job that
-        ended within VERDICT_SYNC_SEC; nothing waits once nothing else runs."""
+        """Sync the event log, then move the waiting jobs -- each verdict is durable before
+        the move that makes it visible.  One fsync serves every job that ended within
+        VERDICT_SYNC_SEC; nothing waits once nothing else runs.
+
+        A job goes to done/ or failed/ with its verdict merged into its record (the final
+        event says ``merged``, so the site has nothing to rewrite): each move's commit
+        point is the rename of the job into our limbo, at once; the new records are written
+        into spare files and published together under one ``fsio.Batch`` (two syncs for
+        all of them, none per record)."""
         if not self.verdicts:
             return
         if not force and self.running and now - self.verdicts_since < VERDICT_SYNC_SEC:
             return
         self.events.sync()
         moves, self.verdicts = self.verdicts, []
+        batch = fsio.Batch(self.layout.jobs, self.spares)
         for move in moves:
-            move()
+            move(batch)
+        batch.commit()
 
     def _hook(self, app, rec: dict, hook: str) -> pyapp.HookRun | None:
         """Start a Python app's hook in a child process (in the job's workdir); None if the
@@ -513,8 +545,8 @@ class Launcher:
                             msg=res.get("state_data"), **extra)
         if res is not None and res.get("error"):
             why = f"{hook} failed: {res['error']}"
-            rec = self.emit(rec, S.FAILED, msg=why, error=why)
-            return lambda: self._finish(run, "failed", rec, ())
+            rec = self.emit(rec, S.FAILED, msg=why, error=why, **_MERGED)
+            return lambda batch: self._finish(run, "failed", rec, (), batch)
         wanted = (res or {}).get("state")
         if (wanted is None and kind is None or wanted in (S.JOB_FINISHED, S.POSTPROCESSED)) \
                 and has_stage_out(rec):
@@ -522,34 +554,42 @@ class Launcher:
             # stageout/ (site.transfers), then finishes it and releases its children.
             new = self.emit(rec, S.POSTPROCESSED, stage_out=True,
                             msg=f"set by {hook}" if wanted else None)
-            return lambda: self._finish(run, "stageout", new if wanted else None, ())
+            return lambda batch: self._finish(run, "stageout", new if wanted else None, (),
+                                              batch)
         if wanted is None and kind is None:
-            self.emit(rec, S.JOB_FINISHED)
             cleanup = app.cleanup_files if app else ()
-            return lambda: self._finish(run, "done", None, cleanup)
+            if not self.merge_verdicts:          # a plain rename; the site merges the verdict
+                self.emit(rec, S.JOB_FINISHED)
+                return lambda batch: self._finish(run, "done", None, cleanup, batch)
+            rec = self.emit(rec, S.JOB_FINISHED, **_MERGED)
+            return lambda batch: self._finish(run, "done", rec, cleanup, batch)
         if wanted in (S.JOB_FINISHED, S.POSTPROCESSED):
-            rec = self.emit(rec, S.JOB_FINISHED, msg=f"set by {hook}")
-            return lambda: self._finish(run, "done", rec, ())
+            rec = self.emit(rec, S.JOB_FINISHED, msg=f"set by {hook}", **_MERGED)
+            return lambda batch: self._finish(run, "done", rec, (), batch)
         if wanted == S.FAILED:
-            rec = self.emit(rec, S.FAILED, msg=f"set by {hook}", error=f"set FAILED by {hook}")
-            return lambda: self._finish(run, "failed", rec, ())
+            rec = self.emit(rec, S.FAILED, msg=f"set by {hook}", error=f"set FAILED by {hook}",
+                            **_MERGED)
+            return lambda batch: self._finish(run, "failed", rec, (), batch)
         if wanted == S.RESTART_READY:
             rec = self.emit(rec, S.RESTART_READY, msg=f"set by {hook}",
                             attempt=rec.get("attempt", 1) + 1)
-            return lambda: self._finish(run, "ready", rec, ())
+            return lambda batch: self._finish(run, "ready", rec, (), batch)
         where, state, fields, why = after_failure(rec, kind or "errors", policy_for(app, rec),
                                                   msg or f"{hook} asked for {wanted}")
         if state == S.FAILED and kind == "errors":
             fields["error"] = f"{why}\n{runner.tail(run.out, self.tail_lines)}"
-        rec = self.emit(rec, state, msg=why, **fields)
-        return lambda: self._finish(run, where, rec, ())
+        rec = self.emit(rec, state, msg=why, **fields, **(_MERGED if where == "failed" else {}))
+        return lambda batch: self._finish(run, where, rec, (), batch)
 
-    def _finish(self, run: runner.Running, where: str, record: dict | None, cleanup) -> None:
+    def _finish(self, run: runner.Running, where: str, record: dict | None, cleanup,
+                batch: fsio.Batch) -> None:
+        """Move a job that ended to ``where``: with ``record`` (its verdict merged in), as a
+        move with a rewrite whose publication ``batch`` commits; without, by plain rename."""
         dst = self.layout.job_path(where, run.job_id)
         if record is None:
             ok = self.store.move(run.path, dst)
         else:
-            ok = self.store.move_rewrite(run.path, dst, record, self.limbo)
+            ok = self.store.move_rewrite(run.path, dst, record, self.limbo, batch)
         self._moved_out(run.job_id)
         if not ok:
             # race: the site revoked this job (it judged us dead) while it ran; our verdict
@@ -559,9 +599,9 @@ class Launcher:
             log.warning("job %s was revoked while running here; verdict kept as zombie event",
                         run.job_id)
             return
-        self.store.drop_token(run.job_id)
+        self.store.drop_token(run.job_id)      # it has left running/ (the limbo is ours)
         if cleanup:
-            _cleanup(run.out.parent, cleanup)
+            batch.after_commit(lambda: _cleanup(run.out.parent, cleanup))
 
     # ---- filling --------------------------------------------------------------------------
     def _next_candidates(self, now: float) -> None:
@@ -588,6 +628,7 @@ class Launcher:
                 if not self.buckets:
                     self.round_bell = bell.signature(self.store.bell)   # before the listing
                     self.buckets = self.store.ready_buckets()
+                    self.listings += 1
                     self.round_start, self.round_found = now, False
                     if not self.buckets:
                         self._found_nothing(now, now)
@@ -597,6 +638,7 @@ class Launcher:
                 # jobs a bucket holds ~4,000 names and takes ~17 ms to list.
                 self.backlog_dir = self.store.ready_dir(self.buckets.pop())
                 self.backlog = fsio.list_names(self.backlog_dir)[::-1]
+                self.listings += 1
                 scanned += 1
                 continue
             # race: a job that waits for resources stays a candidate while buckets are
@@ -615,6 +657,7 @@ class Launcher:
     def _found_nothing(self, now: float, began: float) -> None:
         """A whole pass over ready/, begun at ``began``, found nothing to claim."""
         self.empty_round_at = began
+        self.empty_passes += 1
         self.quiet_bell, self.full_pass_at = self.round_bell, now + bell.FULL_PASS_SEC
 
     def _bell_quiet(self, now: float) -> bool:
@@ -651,6 +694,7 @@ class Launcher:
                 rec, st = read_job_stat(path, "ready", retry=False)   # absent: claimed
                 req = Request.from_job(rec)
             except (FileNotFoundError, ValueError) as e:
+                self.candidates_gone += isinstance(e, FileNotFoundError)
                 if not isinstance(e, FileNotFoundError) and path.exists():
                     log.warning("job %s: %s; skipped", path.name[:-5], e)
                     self.skip.add(path.name)
@@ -717,6 +761,7 @@ class Launcher:
             cand = self.parsed.pop(path)
             claimed = self.store.claim(path, self.id)
             if claimed is None:
+                self.claims_lost += 1
                 self.pool.release(placement)
                 continue
             self._start(claimed, placement, cand)
@@ -770,6 +815,7 @@ class Launcher:
             self.parsed.pop(path)
             claimed = self.store.claim(path, self.id)
             if claimed is None:
+                self.claims_lost += 1
                 continue
             slots.remove(before)
             self._start(claimed, before.placement, got, after=before,
@@ -902,7 +948,7 @@ class Launcher:
     def _fail_start(self, path: Path, rec: dict, placement, msg: str,
                     state: str = S.FAILED) -> None:
         log.warning("job %s: %s", rec["id"], msg)
-        rec = self.emit(rec, state, msg=msg, error=msg)
+        rec = self.emit(rec, state, msg=msg, error=msg, **_MERGED)
         self.events.flush()
         if self.store.move_rewrite(path, self.layout.job_path("failed", rec["id"]), rec, self.limbo):
             self.store.drop_token(rec["id"])

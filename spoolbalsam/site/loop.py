@@ -1,4 +1,5 @@
-"""The site process: the only writer of waiting/, done/ and failed/ records.
+"""The site process: the writer of waiting/ records, and of the done/ and failed/ records it
+merges verdicts into.
 
 One ``tick()`` does, in order:
 
@@ -8,14 +9,19 @@ One ``tick()`` does, in order:
    becomes ready gets its ``data/<workdir>/``.  A file that is not a valid job is renamed,
    byte for byte, to ``jobs/rejected/`` beside a one-line ``.reason``.  Bad input never
    stops the site.
-2. **merge** — new lines of every launcher's event log are merged into the records in
+2. **merge** — the new lines of each launcher's event log are merged into the records in
    ``done/`` and ``failed/`` (grouped under two syncs), and children whose parents are all
-   done move to ``ready/``; children of a failed parent fail, naming it.
-3. **liveness** — every launcher's lease is judged (``spool.lease``).  The jobs of a dead
-   launcher are revoked: renamed out of ``running/L/`` (the commit point) and republished in
-   ``ready/`` with ``attempt + 1`` (or ``failed/`` when the retry policy is spent).  The
-   launcher's kill mailbox is closed first (``spool.kills``): a job it was asked to kill
-   goes to ``failed/`` as KILLED instead.
+   done move to ``ready/``; children of a failed parent fail, naming it.  A log is opened
+   only when it has grown past what was read (one ``stat`` per launcher and tick).  A final
+   event marked ``merged`` (``events.MERGED``: its launcher published the record with the
+   verdict in it, ``launcher.merge_verdicts``) needs no rewrite: one look that the record is
+   there, and its children may go.
+3. **liveness** — every launcher's lease is judged (``spool.lease``) once per
+   ``JUDGE_PERIOD``, and read again only when its launcher has rewritten it.  The jobs of a
+   dead launcher are revoked: renamed out of ``running/L/`` (the commit point) and
+   republished in ``ready/`` with ``attempt + 1`` (or ``failed/`` when the retry policy is
+   spent).  The launcher's kill mailbox is closed first (``spool.kills``): a job it was
+   asked to kill goes to ``failed/`` as KILLED instead.
 4. **batch jobs** — pending submissions go to the scheduler; ended allocations are noticed.
 
 Between merge and liveness, **staging** (``site.transfers``) collects finished transfer
@@ -28,6 +34,12 @@ Whatever steps 1-3 put into ``ready/`` is announced on the ready bell (``spool.b
 Every move the site makes or learns of (its own, the launchers' events, the hints CLI and
 API processes leave) goes into the query index (``spool.index``), one log line per tick; a
 slice of the index is checked against the directories every few seconds.
+
+Finding a job (an id the intake must check is new, a parent, a verdict waiting for its
+rename) goes through the query index (``Site.locate``): one or two looks, however many
+launchers there are, where ``Store.locate`` looks into every launcher's ``running/``.  So
+the index must know every job in a state directory before the first intake: ``recover()``
+checks it against the directories first.
 
 Crash safety: ``recover()`` runs at start.  It finishes half-done moves left in the limbo
 directories, rebuilds the parent→children index from ``waiting/`` and re-checks every
@@ -50,7 +62,8 @@ import orjson
 from ..spool import states as S
 from ..apps import AppRegistry
 from ..spool import bell, fsio, kills
-from ..spool.events import apply_event, event_logs, merge_state, save_merge_state, settled_prefix
+from ..spool.events import (MERGED, apply_event, event_logs, merge_state, save_merge_state,
+                            settled_prefix)
 from ..spool.index import CODE, COMPACT_MIN, DIR_OF, REMOVED, Keeper
 from ..spool.ids import new_id, valid_id
 from ..spool.layout import MARKER, Layout
@@ -214,9 +227,10 @@ class Site:
         A job the index has no row for is in no state directory: the index was checked
         against every directory at start (``recover``; until then this is
         ``Store.locate``), every job the site publishes gets its row at once, and jobs only
-        enter the state directories through the site's intake.  Such a job can only be one
-        without a record of its own, in ``held`` (``Store.held_index``: jobs of bulk drops
-        not yet published; the limbos hold only indexed jobs).
+        enter the state directories through the site's intake.  Such a job can only be a
+        drop not taken in yet: a file in ``created/`` (one look), or a job without a file
+        of its own, in ``held`` (``Store.held_index``: jobs of bulk drops not yet
+        published; the limbos hold only indexed jobs).
 
         # race: a job may move between our looks.  A hit is a place it was in; a miss of
         # both paths falls back to ``Store.locate``, whose order of looks sees forward moves.
@@ -226,10 +240,13 @@ class Site:
         index = self.index
         r = index.row.get(job_id)
         if r is None:
+            path = self.layout.job_file("created", job_id)
+            if os.path.exists(path):
+                return "created", Path(path)
             return (self.store.held_index(launchers=False) if held is None else held).get(job_id)
         code = index.state[r]
         if code == CODE[REMOVED]:
-            return self.store.locate(job_id, held)
+            return self.store.locate(job_id, held)     # deleted, or back by hand
         lay, exists = self.layout, os.path.exists
         where = DIR_OF[code]
         if where != "running":
@@ -241,7 +258,7 @@ class Site:
             path = lay.job_file("running", job_id, launcher)
             if exists(path):
                 return "running", Path(path)
-        return self.store.locate(job_id)
+        return self.store.locate(job_id, drops=False)   # taken in: not a new drop of its id
 
     # ---- one iteration --------------------------------------------------------------------
     def tick(self, now: float | None = None) -> dict:
@@ -489,6 +506,16 @@ class Site:
         """
         where = verdict_dir(evs[-1])
         path = self.layout.job_path(where, job_id)
+        if evs[-1].get(MERGED):
+            # The launcher published the record with these events merged in: nothing to
+            # rewrite; one look tells whether its move is done (and the children may go).
+            if not os.path.exists(path):
+                self.unsettled[job_id] = self.unsettled.get(job_id, []) + evs
+                return 0
+            self.unsettled.pop(job_id, None)
+            self.running_at.pop(job_id, None)
+            settled.append((job_id, where))
+            return 0
         try:
             rec = read_job(path, where, retry=False)   # absent: not renamed yet, see above
         except FileNotFoundError:
@@ -630,6 +657,9 @@ class Site:
             pass
         except OSError:
             return n   # something new appeared; look again next tick
+        # its spare files (records it replaced, kept to write later ones into) are garbage
+        # now: a half-written one belongs to a move its limbo copy has just finished
+        fsio.Spares(ldir / "spare").drain()
         retired = self.layout.launchers / ".retired"
         retired.mkdir(exist_ok=True)
         fsio.rename(ldir, retired / launcher)

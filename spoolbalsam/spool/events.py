@@ -9,7 +9,12 @@ Each launcher appends to ``launchers/L/events.jsonl`` and only to it; the site a
 A launcher writes the event *before* the rename that makes the move visible, so a record's
 details can always be found.  The site merges launcher events into records (rewriting the
 records in done/ and failed/) and remembers in ``site/merged.json`` how far it has read
-each log.  Readers (CLI, API) apply the events past those offsets on top of what they read
+each log.  A launcher that moves a job with a rewrite (into failed/ or ready/, and into
+done/ with ``launcher.merge_verdicts``) publishes the record with its events already
+applied and marks the final event ``"merged": true`` (``MERGED``): the site then only
+checks that the record is in place (and releases the job's children); it rewrites nothing.
+A ``merged`` event whose move failed (the job was revoked meanwhile: a zombie) changes
+nothing, like any event of an older attempt.  Readers (CLI, API) apply the events past those offsets on top of what they read
 from disk, with the same ``apply_event``, so they show the truth even while the site is
 stopped.  Merging is idempotent: an event already in a record's history is skipped, and an
 event of an older attempt than the record's never changes its state (zombies).
@@ -24,6 +29,7 @@ from .record import transition
 
 RUN_ENDS = ("RUN_DONE", "RUN_ERROR", "RUN_TIMEOUT")
 STARTED_BY = RUN_ENDS + ("KILLED",)       # events that say when the run they end started
+MERGED = "merged"    # true on a final event whose move published the record with it merged
 DETAIL_FIELDS = ("return_code", "host", "launcher", "batch_job", "started_at", "ended_at",
                  "error", "placement", "affinity", "retries", "result", "exception",
                  "data", "transfer_items")

@@ -162,6 +162,16 @@ class Spares:
             return self.free.popleft()[0]
         return None
 
+    def drain(self) -> None:
+        """Delete every spare and the directory (the owner is leaving)."""
+        for path, _ in self.free:
+            _unlink_quiet(path)
+        self.free.clear()
+        try:
+            os.rmdir(self.directory)
+        except OSError:
+            pass
+
     def give(self, path: Path) -> None:
         """Keep ``path`` (a file of ours that nothing else names any more) for reuse."""
         if len(self.free) >= self.keep:

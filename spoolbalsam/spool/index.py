@@ -35,6 +35,12 @@ job, never a wrong record.
 # names it, and deletes G only after.  A log line still being appended is incomplete and is
 # skipped (``fsio.read_lines_at``).
 
+The site itself asks the index where a job is (``Site.locate``), and in particular whether
+an id it takes in is new: a job without a row is in no state directory.  That holds
+because the site adds a row for every job it publishes at once, and its start-up check
+below runs before its first intake.  The check looks a job up with ``drops=False``: a new
+drop of the same id waiting in ``created/`` must not hide the job taken in before.
+
 Crashes
 -------
 The index is a cache and is never fsynced.  ``kill -9`` of the site at any point leaves
@@ -331,7 +337,7 @@ class Table:
         limbo = store.held_index()
         rows = self.find_rows(job_ids)
         for job_id in job_ids:
-            loc = store.locate(job_id, limbo)
+            loc = store.locate(job_id, limbo, drops=False)
             if loc is None or loc[0] == "created":
                 if job_id in rows and loc is None:
                     self.put(job_id, REMOVED, self.attempt[rows[job_id]])
@@ -851,7 +857,7 @@ class Keeper(Table):
         module docstring)."""
         from .store import Store
         store = Store(self.layout)
-        loc = store.locate(job_id)
+        loc = store.locate(job_id, drops=False)    # (a new drop of the same id: not this job)
         r = self.row.get(job_id)
         if loc is None:
             if r is None or self.state[r] == CODE[REMOVED]:

@@ -20,6 +20,7 @@
       launchers/L/lease.json      L's heartbeat: a counter only L rewrites
       launchers/L/events.jsonl    L's event log (only L appends)
       launchers/L/limbo/          L's private hand-over area for moves with a rewrite
+      launchers/L/spare/          records L replaced, reused as its next ones (fsio.Spares)
       launchers/L/stop            a stop request for L (written by `spool launcher stop`)
       launchers/L/kill/           kill requests for L's jobs, one file per request (``kills``)
       launchers/L/kill.bell       grows a byte after each request (L looks at its stat)

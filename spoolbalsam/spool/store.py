@@ -149,13 +149,15 @@ class Store:
         self._ready = f"{layout.state_dir('ready')}/"
 
     # ---- finding jobs -------------------------------------------------------------------
-    def locate(self, job_id: str, limbo: dict | None = None) -> tuple[str, Path] | None:
+    def locate(self, job_id: str, limbo: dict | None = None,
+               drops: bool = True) -> tuple[str, Path] | None:
         """(directory, path) of the job's record, or None.  O(states + launchers).
 
         A job held in a limbo (mid-move, or left there by a crash) still exists, in the
         directory it is moving to; a job of a bulk drop is in ``created``.  Bulk callers pass
         one ``held_index()`` for many lookups; otherwise the limbos and bulk drops are looked
-        at only when the job is found nowhere else.
+        at only when the job is found nowhere else.  ``drops=False``: only a job the site
+        has taken in (a drop of the same id still in ``created/`` would hide it otherwise).
 
         # race: the job may move while we look.  The directories are looked at in the
         # order jobs move forward through them (created, the site's intake, waiting, stagein,
@@ -168,9 +170,9 @@ class Store:
         """
         lay, exists = self.layout, os.path.exists
         p = lay.job_file("created", job_id)
-        if exists(p):
+        if drops and exists(p):
             return "created", Path(p)
-        if self.see_intake:
+        if drops and self.see_intake:
             # A drop moves created/ -> site/intake/ -> waiting|stagein|ready|failed: looked
             # at here, in that order, it is not missed while the site validates and
             # publishes it.
@@ -192,7 +194,8 @@ class Store:
                 return state, Path(p)
         if limbo is None:
             limbo = self.held_index()
-        return limbo.get(job_id)
+        held = limbo.get(job_id)
+        return held if drops or held is None or held[0] != "created" else None
 
     def limbo_dirs(self, launchers: bool = True) -> list[Path]:
         site = self.layout.site_dir
