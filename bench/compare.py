@@ -9,10 +9,11 @@ round runs ``python CHECKOUT/bench/SCRIPT ARGS`` for the base, then for this che
 order alternates from round to round, so drift hurts both alike); each run uses its own
 checkout's package and its own copy of the script.  ``--head-scripts`` copies this
 checkout's ``bench/*.py`` over the base's first: the same benchmark code on both sides, for
-a benchmark the base does not have yet (the scripts then call only what the base has).  Every output line is printed, prefixed
-with ``base``/``head``.  Then, for every kind of line that reports a rate (``... N jobs/s``
-or ``... N tasks/s``; lines are matched by their text with the numbers taken out), the
-median of each side and the ratio head/base.  Asserts nothing.
+a benchmark the base does not have yet (the scripts then call only what the base has).
+Every output line is printed, prefixed with ``base``/``head``.  Then, for every kind of
+line that reports a rate (``... N jobs/s`` or ``... N tasks/s``; lines are matched by their
+text with the numbers taken out, but for labels in square brackets), the median of each
+side and the ratio head/base.  Asserts nothing.
 """
 from __future__ import annotations
 

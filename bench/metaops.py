@@ -52,7 +52,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common as C  # noqa: E402
 import throughput as T  # noqa: E402
 
-from spoolbalsam.spool.layout import Layout  # noqa: E402
 
 SYSCALLS = ("openat,open,creat,rename,renameat,renameat2,unlink,unlinkat,rmdir,mkdir,mkdirat,"
             "fsync,fdatasync,syncfs,stat,lstat,fstat,newfstatat,statx,getdents64,utimensat,"
@@ -126,7 +125,8 @@ def paths_of(args: str) -> list[str]:
     return out
 
 
-def parse_trace(path: Path) -> tuple[list[tuple[float, str, str, str]], list[tuple[float, int, bool]], str | None]:
+def parse_trace(path: Path) -> tuple[list[tuple[float, str, str, str]],
+                                     list[tuple[float, int, bool]], str | None]:
     """(calls [(t, kind, path, result)], children [(t, pid, is_thread)], first exec'd program
     or None) of one ``strace -ff`` file."""
     calls, kids, program = [], [], None
@@ -237,10 +237,10 @@ def trace_files(out: Path, name: str) -> dict[int, Path]:
     return {int(p.name.rsplit(".", 1)[1]): p for p in out.glob(f"{name}.*")}
 
 
-def run(n: int, tmp: Path, timeout: float) -> tuple[dict, dict]:
+def run(n: int, tmp: Path, timeout: float, settings: dict) -> tuple[dict, dict]:
     import orjson
     root = tmp / "site"
-    layout, raws = T.make_bench_site(root, n, 0.0, 2)
+    layout, raws = T.make_bench_site(root, n, 0.0, 2, settings)
     out = tmp / "trace"
     out.mkdir()
     (tmp / "jobs.json").write_bytes(orjson.dumps(raws))
@@ -316,15 +316,20 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--timeout", type=float, default=600.0)
     ap.add_argument("--aurora-rate", type=float, default=2100.0,
                     help="jobs/s to project onto (127,488 tiles / 60 s tasks ~ 2,100)")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="override a settings.yml key, e.g. --set launcher.merge_verdicts=true "
+                         "(what machines with a batch scheduler do)")
     a = ap.parse_args(argv)
+    settings = dict(kv.split("=", 1) for kv in a.set)
     if shutil.which("strace") is None:
         print("# strace is not installed (apt-get install -y strace)")
         return 1
-    print(f"# metaops: W1 /bin/true, N={a.n}, 2 slots, under strace; {C.machine_line()}")
+    print(f"# metaops: W1 /bin/true, N={a.n}, 2 slots, under strace, settings "
+          f"{settings or 'default'}; {C.machine_line()}")
     C.byte_compile()
     top = Path(tempfile.mkdtemp(prefix="spool-metaops-", dir=a.dir))
     try:
-        counts, info = run(a.n, top, a.timeout)
+        counts, info = run(a.n, top, a.timeout, settings)
     finally:
         if a.keep:
             print(f"# kept {top}")

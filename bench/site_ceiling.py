@@ -60,10 +60,14 @@ import throughput as T  # noqa: E402
 import orjson  # noqa: E402
 
 from spoolbalsam.spool import fsio  # noqa: E402
-from spoolbalsam.spool.ids import SHARDS, new_id, shard  # noqa: E402
+from spoolbalsam.spool.ids import new_id  # noqa: E402
 from spoolbalsam.spool.layout import Layout  # noqa: E402
 from spoolbalsam.spool.lease import proc_start  # noqa: E402
-from spoolbalsam.spool.events import MERGED, apply_event  # noqa: E402
+from spoolbalsam.spool.events import apply_event  # noqa: E402
+try:
+    from spoolbalsam.spool.events import MERGED  # noqa: E402
+except ImportError:          # older code (bench/compare.py --head-scripts): the field's name
+    MERGED = "merged"
 from spoolbalsam.spool.record import normalize, user_view  # noqa: E402
 from spoolbalsam.spool.store import Store, read_job  # noqa: E402
 
@@ -377,8 +381,9 @@ def main(argv: list[str] | None = None) -> int:
     a = ap.parse_args(argv)
     settings = dict(kv.split("=", 1) for kv in a.set)
     counts = [int(x) for x in a.launchers.split(",") if x.strip()]
-    print(f"# site_ceiling: N={a.n}, deps={a.deps}, merged={a.merged}, drops={a.drops}, chunk={a.chunk}, "
-          f"window={a.window}, inflight={a.inflight}, settings={settings or 'default'}; "
+    print(f"# site_ceiling: N={a.n}, deps={a.deps}, merged={a.merged}, drops={a.drops}, "
+          f"chunk={a.chunk}, window={a.window}, inflight={a.inflight}, "
+          f"settings={settings or 'default'}; "
           f"{C.machine_line()}")
     C.byte_compile()
     top = Path(tempfile.mkdtemp(prefix="spool-ceiling-", dir=a.dir))
@@ -392,7 +397,8 @@ def main(argv: list[str] | None = None) -> int:
                 if a.profile:
                     pdir = Path(a.profile_dir).resolve()
                     pdir.mkdir(parents=True, exist_ok=True)
-                    prof = pdir / f"site-L{k}-rep{rep + 1}.{'prof' if a.profile == 'cprofile' else 'txt'}"
+                    ext = "prof" if a.profile == "cprofile" else "txt"
+                    prof = pdir / f"site-L{k}-rep{rep + 1}.{ext}"
                 r = run(tmp, k, a.n, a.deps, a.drops == "bulk", a.chunk, a.window, a.inflight,
                         a.merged, settings, a.timeout, a.profile, prof)
                 results[k].append(r)
@@ -427,8 +433,10 @@ def main(argv: list[str] | None = None) -> int:
         steady = [r["steady"] for r in rs if r.get("steady")]
         cpu = [1e3 * r["site_cpu"] / r["n"] for r in rs if r.get("site_cpu")]
         hcpu = [1e3 * r["harness_cpu"] / r["n"] for r in rs]
-        print(f"{label} wall {C.med(rate):.0f} jobs/s (min–max {min(rate):.0f}–{max(rate):.0f}), steady "
-              f"{C.spread(steady, '{:.0f}')}; harness CPU {C.spread(hcpu, '{:.3f}')} ms/job")
+        lo, hi = min(rate), max(rate)
+        print(f"{label} wall {C.med(rate):.0f} jobs/s (min–max {lo:.0f}–{hi:.0f}), "
+              f"steady {C.spread(steady, '{:.0f}')}; harness CPU {C.spread(hcpu, '{:.3f}')} "
+              "ms/job")
         if cpu:
             print(f"{label} site CPU {C.spread(cpu, '{:.3f}')} ms/job: one core sustains "
                   f"{1e3 / C.med(cpu):.0f} jobs/s")
