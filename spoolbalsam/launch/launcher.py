@@ -503,9 +503,10 @@ class Launcher:
             # race: a job the starter reaped before our signal reached it ended on its own
             # and keeps its own verdict below (the request is then simply done with)
             msg = run.kill.describe()
-            rec = self.emit(rec, S.KILLED, t=ended_at, msg=msg, error=msg, **details)
+            rec = self.emit(rec, S.KILLED, t=ended_at, msg=msg, error=msg, **details,
+                            **_MERGED)
             self.killed.add(run.job_id)
-            return lambda: self._finish(run, "failed", rec, ())
+            return lambda batch: self._finish(run, "failed", rec, (), batch)
         # race: a job the starter reaped before our SIGTERM reached it ended on its own
         stopped = run.timed_out and run.proc.signalled
         if rc == 0 and not stopped:
@@ -997,10 +998,10 @@ class Launcher:
                 h.hook.expire(0)
                 run, hook = h.then[0], h.then[1]
                 msg = f"{req.describe()} (in {hook})"
-                rec = self.emit(h.rec, S.KILLED, msg=msg, error=msg)
+                rec = self.emit(h.rec, S.KILLED, msg=msg, error=msg, **_MERGED)
                 if not self.verdicts:
                     self.verdicts_since = time.monotonic()
-                self.verdicts.append(lambda: self._finish(run, "failed", rec, ()))
+                self.verdicts.append(lambda batch: self._finish(run, "failed", rec, (), batch))
                 return True
         return False
 
