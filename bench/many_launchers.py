@@ -48,9 +48,9 @@ def _children_cpu() -> float:
     return r.ru_utime + r.ru_stime
 
 
-def run(tmp: Path, k: int, n: int, slots: int, timeout: float) -> dict:
+def run(tmp: Path, k: int, n: int, slots: int, timeout: float, settings: dict) -> dict:
     root = tmp / "site"
-    layout, raws = T.make_bench_site(root, n, 0.0, slots)
+    layout, raws = T.make_bench_site(root, n, 0.0, slots, settings)
     site = None
     procs = []
     res: dict = {"k": k, "n": n}
@@ -111,10 +111,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--dir", help="where to make temp dirs (default: system temp)")
     ap.add_argument("--timeout", type=float, default=900.0)
     ap.add_argument("--keep", action="store_true")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="override a settings.yml key, e.g. --set launcher.merge_verdicts=true")
     a = ap.parse_args(argv)
+    settings = dict(kv.split("=", 1) for kv in a.set)
     counts = [int(x) for x in a.launchers.split(",") if x.strip()]
-    print(f"# many_launchers: N={a.n}, {a.slots} slots per launcher, launchers {counts}; "
-          f"{C.machine_line()}")
+    print(f"# many_launchers: N={a.n}, {a.slots} slots per launcher, launchers {counts}, "
+          f"settings {settings or 'default'}; {C.machine_line()}")
     C.byte_compile()
     top = Path(tempfile.mkdtemp(prefix="spool-many-", dir=a.dir))
     results = []
@@ -122,7 +125,7 @@ def main(argv: list[str] | None = None) -> int:
         for k in counts:
             tmp = top / f"K{k}"
             tmp.mkdir()
-            r = run(tmp, k, a.n, a.slots, a.timeout)
+            r = run(tmp, k, a.n, a.slots, a.timeout, settings)
             results.append(r)
             rate = f"{a.n / r['done']:.0f}" if r.get("done") else "-"
             print(f"[{k} launchers] done in {r['done'] or float('nan'):.1f} s = {rate} jobs/s; "
