@@ -309,3 +309,71 @@ def test_a_retry_killed_midway_leaves_the_job_visible_and_recoverable(site, monk
     s.recover()
     s.tick()
     assert locate(site, "rt") in ("failed", "ready")
+
+
+def _dead_lease(lay, launcher: str) -> None:
+    """A lease of ``launcher`` naming a process of this host that has exited."""
+    import subprocess
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    fsio.write_json_atomic(lay.launcher_dir(launcher) / "lease.json",
+                           {"seq": 1, "host": fsio.HOST, "pid": dead.pid, "state": "running"})
+
+
+def test_verdicts_logged_behind_a_run_end_awaiting_its_hook_are_merged_when_the_launcher_dies(
+        site):
+    """Found by the kill soak: a run end whose outcome waits for a postprocess hook held
+    back the merge of every later line of its launcher's log, and a launcher killed then
+    was retired with those verdicts never merged: jobs sat in done/ unmerged forever."""
+    from spoolbalsam.spool.store import Store
+    for j in ("hooked", "plain"):
+        drop(site, f"{j}.json", job(workdir=f"held/{j}"))
+    s = site_obj(site)
+    s.intake()
+    lay = s.layout
+    store = Store(lay)
+    claimed = {j: store.claim(lay.job_path("ready", j), "L1") for j in ("hooked", "plain")}
+    log = fsio.AppendLog(lay.launcher_dir("L1") / "events.jsonl")
+    end = {"return_code": 0, "started_at": 0.5, "ended_at": 1.0, "by": "L1"}
+    log.append({"t": 1.0, "job": "hooked", "attempt": 1, "to": "RUN_DONE", **end})  # hook runs
+    log.append({"t": 2.0, "job": "plain", "attempt": 1, "to": "RUN_DONE", **end})
+    log.append({"t": 2.1, "job": "plain", "attempt": 1, "to": "JOB_FINISHED", "by": "L1"})
+    log.close()
+    store.move(claimed["plain"], lay.job_path("done", "plain"))
+    _dead_lease(lay, "L1")
+    s.tick()
+    assert (lay.launchers / ".retired" / "L1").is_dir()
+    plain = record(site, "plain")
+    assert plain["state"] == "JOB_FINISHED" and plain["return_code"] == 0, plain
+    assert locate(site, "hooked") == "ready" and record(site, "hooked")["attempt"] == 2
+
+
+def test_a_run_end_held_for_its_hook_is_merged_with_its_late_outcome(site):
+    """The outcome of a job whose postprocess hook ran long arrives after other verdicts
+    were merged: the run end's details still reach the record."""
+    from spoolbalsam.spool.store import Store
+    for j in ("slow", "fast"):
+        drop(site, f"{j}.json", job(workdir=f"late/{j}"))
+    s = site_obj(site)
+    s.intake()
+    lay = s.layout
+    store = Store(lay)
+    claimed = {j: store.claim(lay.job_path("ready", j), "L1") for j in ("slow", "fast")}
+    path = lay.launcher_dir("L1") / "events.jsonl"
+    log = fsio.AppendLog(path)
+    log.append({"t": 1.0, "job": "slow", "attempt": 1, "to": "RUN_DONE", "return_code": 0,
+                "started_at": 0.5, "ended_at": 1.0, "by": "L1"})
+    log.append({"t": 2.0, "job": "fast", "attempt": 1, "to": "RUN_DONE", "return_code": 0,
+                "started_at": 1.5, "ended_at": 2.0, "by": "L1"})
+    log.append({"t": 2.1, "job": "fast", "attempt": 1, "to": "JOB_FINISHED", "by": "L1"})
+    log.flush()
+    store.move(claimed["fast"], lay.job_path("done", "fast"))
+    s.merge()
+    assert record(site, "fast")["return_code"] == 0       # not held up by the slow hook
+    s2 = site_obj(site)                                    # a site restart keeps what it holds
+    log.append({"t": 9.0, "job": "slow", "attempt": 1, "to": "JOB_FINISHED", "by": "L1"})
+    log.close()
+    store.move(claimed["slow"], lay.job_path("done", "slow"))
+    s2.merge()
+    rec = record(site, "slow")
+    assert rec["state"] == "JOB_FINISHED" and rec["return_code"] == 0 and rec["ended_at"] == 1.0

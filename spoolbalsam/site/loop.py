@@ -50,7 +50,7 @@ import orjson
 from ..spool import states as S
 from ..apps import AppRegistry
 from ..spool import bell, fsio, kills
-from ..spool.events import apply_event, event_logs, merge_state, save_merge_state, settled_prefix
+from ..spool.events import apply_event, awaits_outcome, event_logs, merge_state, save_merge_state
 from ..spool.index import COMPACT_MIN, Keeper
 from ..spool.ids import new_id, valid_id
 from ..spool.layout import MARKER, Layout
@@ -84,8 +84,7 @@ class Site:
         self.limbo = layout.site_dir / "limbo"
         self.spares = fsio.Spares(layout.site_dir / "spare")   # files kept for rewrites
         self.judge = LeaseJudge(settings.get("lease_stale_sec", 60.0))
-        self.offsets, self.unsettled = merge_state(layout)
-        self.half_seen: dict[tuple[str, int], float] = {}   # (log, offset) -> first seen
+        self.offsets, self.unsettled, self.held = merge_state(layout)
         self.children: dict[str, set[str]] = {}
         self.events = fsio.AppendLog(layout.site_dir / "events.jsonl")
         self.machine = machine
@@ -214,6 +213,7 @@ class Site:
         counts["revoked"] = self.check_launchers(now)
         if now >= self.next_settle:
             self.next_settle = now + SETTLE_PERIOD
+            self._drop_stale_held()
             self.settle_all_waiting()
             self._finish_other_limbos()
             bell.trim(self.store.bell)
@@ -384,19 +384,9 @@ class Site:
         before = len(self.unsettled)
         merged = self._merge_unsettled(batch, settled)
         changed = len(self.unsettled) != before
-        half_seen: dict[tuple[str, int], float] = {}
         for launcher, path in event_logs(self.layout).items():
             start = self.offsets.get(launcher, 0)
-            lines, end = fsio.read_lines_at(path, start)
-            events = [ev for ev, _ in lines]
-            keep = settled_prefix(events)
-            if keep < len(events):
-                # a run end seen without its outcome: stop before it, unless it has stayed
-                # alone for a whole settle period (a launcher gone mid-write), then move on
-                key = (launcher, lines[keep][1])
-                first = half_seen[key] = self.half_seen.get(key, time.monotonic())
-                if time.monotonic() - first < SETTLE_PERIOD:
-                    events, end = events[:keep], (lines[keep - 1][1] if keep else start)
+            events, end = fsio.read_lines_from(path, start)
             if end == start:
                 continue
             by_job: dict[str, list[dict]] = {}
@@ -404,21 +394,39 @@ class Site:
                 if "job" in ev and "to" in ev:
                     by_job.setdefault(ev["job"], []).append(ev)
             for job_id, evs in by_job.items():
+                evs = self.held.pop(job_id, []) + evs
                 if verdict_dir(evs[-1]):
                     merged += self._merge_final(job_id, evs, batch, settled)
+                elif awaits_outcome(evs):
+                    self.held[job_id] = evs          # its outcome comes later
             self.index.note_events(events)
             self.offsets[launcher] = end
             changed = True
-        self.half_seen = half_seen
         batch.commit()
         if changed:
-            save_merge_state(self.layout, self.offsets, self.unsettled)
+            save_merge_state(self.layout, self.offsets, self.unsettled, self.held)
         for job_id, where in settled:
             if where == "stageout":
                 self.staging.noticed(job_id, where)    # children wait for its stage-out
             else:
                 (self._release_children if where == "done" else self._fail_children)(job_id)
         return merged
+
+    def _drop_stale_held(self) -> None:
+        """Backstop: forget held run ends of jobs that left running/ without an outcome the
+        merge could see (removed, or moved by hand).
+
+        # race: a job's outcome is synced to its launcher's log before its rename out of
+        # running/, so a job found outside running/ *before* a merge has its outcome read
+        # by that merge (and its held events with it); only what is still held after it
+        # is stale.
+        """
+        gone = [j for j in self.held if (loc := self.store.locate(j)) is None
+                or loc[0] != "running"]
+        if gone:
+            self.merge()
+            for job_id in gone:
+                self.held.pop(job_id, None)
 
     def _merge_final(self, job_id: str, evs: list[dict], batch, settled: list) -> int:
         """Apply a job's events to its record in done/ or failed/ (0 or 1 records changed).
@@ -553,7 +561,7 @@ class Site:
         self.store.ring()       # for a move into ready/ whose ring its death cut off
         self.judge.forget(launcher)
         self.offsets.pop(launcher, None)
-        save_merge_state(self.layout, self.offsets, self.unsettled)
+        save_merge_state(self.layout, self.offsets, self.unsettled, self.held)
         self.events.append({"t": time.time(), "launcher": launcher, "retired": why, "revoked": n})
         log.info("launcher %s %s: %d job(s) revoked", launcher, why, n)
         return n
@@ -585,6 +593,7 @@ class Site:
     def _revoke_job(self, src: Path, rec: dict, launcher: str, why: str,
                     kill: kills.Request | None = None) -> int:
         job_id = rec["id"]
+        self.held.pop(job_id, None)      # a run end of this attempt, whose outcome never came
         evs = self.unsettled.pop(job_id, None)
         if evs and evs[-1].get("attempt") == rec.get("attempt"):
             # The launcher recorded a verdict durably but died before its rename.
