@@ -440,7 +440,9 @@ class Launcher:
         meanwhile), ``postprocess`` after rc 0, ``handle_error`` after rc != 0,
         ``handle_timeout`` after a timeout.  The loop does not wait for them; each tick
         polls them (``_hooks_done``).  An exception in a hook, or a hook still running after
-        ``hook_timeout``, fails the job with the hook's message; it is never dropped.
+        ``hook_timeout``, fails the job with the hook's message; it is never dropped.  A
+        hook killed by a signal from outside gave no verdict: its job goes back for another
+        attempt, counted as a timeout.
         """
         if app is None or not app.python_class or not pyapp.has_hook(self.layout.root, app, hook):
             return None
@@ -511,6 +513,15 @@ class Launcher:
             extra = {"data": res["data"]} if res.get("data") is not None else {}
             rec = self.emit(rec, S.POSTPROCESSED if kind is None else rec["state"],
                             msg=res.get("state_data"), **extra)
+        if res is not None and res.get("killed"):
+            # A hook killed from outside (the OOM killer, an operator) gave no verdict, like
+            # a job killed from outside: the job goes back for another attempt, counted
+            # against its timeouts, never failed for the kill.
+            where, state, fields, why = after_failure(
+                rec, "timeouts", policy_for(app, rec),
+                f"{hook} killed by {res['killed']} from outside the launcher")
+            rec = self.emit(rec, state, msg=why, **fields)
+            return lambda: self._finish(run, where, rec, ())
         if res is not None and res.get("error"):
             why = f"{hook} failed: {res['error']}"
             rec = self.emit(rec, S.FAILED, msg=why, error=why)
@@ -854,6 +865,17 @@ class Launcher:
         for h, res in self._hooks_done(self.preparing, now):
             placement, req, app, workdir, by = h.then
             rec = h.rec
+            if res.get("killed"):      # no verdict: back for another attempt (_after_hook)
+                self._unplace(placement)
+                where, state, fields, why = after_failure(
+                    rec, "timeouts", policy_for(app, rec),
+                    f"preprocess killed by {res['killed']} from outside the launcher")
+                rec = self.emit(rec, state, msg=why, **fields)
+                self.events.flush()
+                if self.store.move_rewrite(h.path, self.layout.job_path(where, rec["id"]), rec,
+                                           self.limbo):
+                    self.store.drop_token(rec["id"])
+                continue
             if res.get("error") or res.get("state") == S.FAILED:
                 self._fail_start(h.path, rec, placement,
                                  f"preprocess failed: {res.get('error') or 'set FAILED'}")

@@ -183,9 +183,19 @@ class HookRun:
         try:
             res = fsio.read_json(self.outfile)
         except (FileNotFoundError, ValueError):
-            res = {"state": None, "data": None,
-                   "error": f"hook {self.hook} ended with exit code {rc} and no result "
-                            f"(see {HOOK_LOG} in the workdir)"}
+            # a child killed while it wrote its result leaves that write's temp behind
+            for name in os.listdir(self.outfile.parent):
+                if name.startswith(f".{self.outfile.name}."):
+                    fsio.unlink_quiet(self.outfile.parent / name)
+            if rc < 0:
+                # Killed by a signal from outside (the OOM killer, an operator): the hook
+                # said nothing, so its job is not judged by it (see ``Launcher._after_hook``).
+                res = {"state": None, "data": None, "error": None,
+                       "killed": f"signal {signal.Signals(-rc).name}"}
+            else:
+                res = {"state": None, "data": None,
+                       "error": f"hook {self.hook} ended with exit code {rc} and no result "
+                                f"(see {HOOK_LOG} in the workdir)"}
         return self._finish(res)
 
     def _finish(self, res: dict) -> dict:
@@ -193,7 +203,8 @@ class HookRun:
             if p is not None:
                 fsio.unlink_quiet(p)
         res = {"state": res.get("state"), "data": res.get("data"),
-               "state_data": res.get("state_data"), "error": res.get("error")}
+               "state_data": res.get("state_data"), "error": res.get("error"),
+               "killed": res.get("killed")}
         self.result = res
         return res
 
