@@ -377,3 +377,58 @@ def test_a_run_end_held_for_its_hook_is_merged_with_its_late_outcome(site):
     s2.merge()
     rec = record(site, "slow")
     assert rec["state"] == "JOB_FINISHED" and rec["return_code"] == 0 and rec["ended_at"] == 1.0
+
+
+def _dead_pid() -> int:
+    import subprocess
+    p = subprocess.Popen(["true"])
+    p.wait()
+    return p.pid
+
+
+def test_a_dead_launchers_temps_and_hook_files_are_swept_when_it_is_retired(site):
+    """Found by the kill soak: a launcher killed mid-write left its dot-temps in done/ and
+    ready/ (removed only by a site restart an hour later) and a postprocess hook's files in
+    the job's workdir, for good."""
+    drop(site, "sw.json", job(workdir="sweep/1"))
+    s = site_obj(site)
+    s.intake()
+    lay = s.layout
+    s.store.claim(lay.job_path("ready", "sw"), "L1")
+    pid = _dead_pid()
+    fsio.write_json_atomic(lay.launcher_dir("L1") / "lease.json",
+                           {"seq": 1, "host": fsio.HOST, "pid": pid, "state": "running"})
+    dead = [lay.state_dir("done") / shard("x1") / f".x1.json.{fsio.HOST}.{pid}.0badf00d",
+            lay.state_dir("ready") / shard("x2") / f".x2.json.{fsio.HOST}.{pid}.0badf00e",
+            lay.launcher_dir("L1") / f".lease.json.{fsio.HOST}.{pid}.0badf00f",
+            site / "data" / "sweep" / "1" / f".spool-hook.postprocess.{pid}.0a0b0c0d.in.json",
+            site / "data" / "sweep" / "1" / f"..spool-hook.postprocess.{pid}.0a0b0c0d.out.json"
+                                           f".{fsio.HOST}.{pid + 1}.01020304"]
+    live = lay.state_dir("done") / shard("x3") / f".x3.json.{fsio.HOST}.{os.getpid()}.0badf010"
+    other = lay.state_dir("done") / shard("x4") / ".x4.json.elsewhere.1.0badf011"
+    for p in dead + [live, other]:
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_bytes(b"{")
+    s.tick()
+    assert (lay.launchers / ".retired" / "L1").is_dir() and locate(site, "sw") == "ready"
+    assert [p for p in dead if p.exists() or (lay.launchers / ".retired" / "L1" / p.name).exists()] == []
+    assert live.exists() and other.exists(), "a live or remote writer's temp must stay"
+
+
+def test_a_restarted_site_sweeps_the_temps_of_its_killed_predecessor_at_once(site):
+    """Found by the kill soak: temps of a site killed mid-batch stayed until a restart at
+    least an hour later; a temp whose writer is a dead process of this host goes now."""
+    lay = site_obj(site).layout
+    pid = _dead_pid()
+    dead = [lay.state_dir("ready") / "0a" / f".j.json.{fsio.HOST}.{pid}.00000001",
+            lay.created / f".k.json.{fsio.HOST}.{pid}.00000002",
+            lay.site_dir / f".merged.json.{fsio.HOST}.{pid}.00000003"]
+    young_remote = lay.created / ".m.json.elsewhere.77.00000004"
+    old_remote = lay.created / ".n.json.elsewhere.78.00000005"
+    for p in dead + [young_remote, old_remote]:
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_bytes(b"{")
+    os.utime(old_remote, (1, 1))
+    site_obj(site).recover()
+    assert [p for p in dead if p.exists()] == [] and not old_remote.exists()
+    assert young_remote.exists()

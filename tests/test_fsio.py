@@ -200,3 +200,24 @@ def test_iter_lines_streams_what_read_lines_from_returns(tmp_path):
         f.write(b'{"a": 1}\n\n{not json}\n{"b": 2}\n{"c": ')     # an empty line, a corrupt one, a torn tail
     assert list(fsio.iter_lines(p)) == fsio.read_lines_from(p, 0)[0] == [{"a": 1}, {"b": 2}]
     assert list(fsio.iter_lines(tmp_path / "none.jsonl")) == []
+
+
+def test_appendlog_reopened_after_a_torn_line_starts_on_a_new_line(tmp_path):
+    """Found by the kill soak's log check: a site killed mid-append left half a line, and
+    the restarted site's first event was glued to it (one corrupt line: both lost)."""
+    p = tmp_path / "events.jsonl"
+    p.write_bytes(b'{"a": 1}\n{"b": ')
+    log = fsio.AppendLog(p)
+    log.append({"c": 3})
+    log.close()
+    assert fsio.read_lines_from(p, 0)[0] == [{"a": 1}, {"c": 3}]
+    log = fsio.AppendLog(p)            # a whole last line gets nothing added
+    log.close()
+    assert p.read_bytes().endswith(b'{"c":3}\n') and b"\n\n" not in p.read_bytes()
+
+
+def test_temp_writer_reads_host_and_pid_from_a_temp_name(tmp_path):
+    name = fsio.temp_name(tmp_path / "x.json").name
+    assert fsio.temp_writer(name) == (fsio.HOST, os.getpid())
+    assert fsio.temp_writer(".x.json.node7.cluster.42.0badf00d") == ("cluster", 42)
+    assert fsio.temp_writer("x.json") is None and fsio.temp_writer(".x.json.tmp") is None

@@ -209,6 +209,23 @@ class HookRun:
         return res
 
 
+HOOK_FILE_PREFIX = ".spool-hook."
+
+
+def clear_hook_files(workdir: Path) -> int:
+    """Remove the files of hooks that can no longer be running in ``workdir`` (their
+    launcher is dead and the job revoked): the record handed to the hook, its result, and
+    the temp of a result being written.  How many were removed."""
+    try:
+        names = [n for n in os.listdir(workdir) if n.startswith(HOOK_FILE_PREFIX)
+                 or n.startswith("." + HOOK_FILE_PREFIX)]
+    except (FileNotFoundError, NotADirectoryError):
+        return 0
+    for n in names:
+        fsio.unlink_quiet(Path(workdir) / n)
+    return len(names)
+
+
 def start_hook(site_root: Path, app, rec: dict, hook: str) -> HookRun:
     """Start ``hook`` of ``rec``'s app in a child (in the job's workdir); never raises."""
     if hook not in HOOKS:
@@ -218,7 +235,7 @@ def start_hook(site_root: Path, app, rec: dict, hook: str) -> HookRun:
         site_root = Path(site_root)
         workdir = site_root / "data" / rec["workdir"]
         workdir.mkdir(parents=True, exist_ok=True)
-        tag = f".spool-hook.{hook}.{os.getpid()}.{secrets.token_hex(4)}"
+        tag = f"{HOOK_FILE_PREFIX}{hook}.{os.getpid()}.{secrets.token_hex(4)}"
         infile, outfile = workdir / f"{tag}.in.json", workdir / f"{tag}.out.json"
         clean = {k: v for k, v in rec.items() if not k.startswith("_")}
         fsio.write_atomic(infile, orjson.dumps(clean), durable=False)

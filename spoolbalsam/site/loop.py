@@ -58,6 +58,7 @@ from ..spool.lease import DEAD, EXITED, LeaseJudge, job_processes, read_lease
 from .bulk import BulkIntake
 from .intake import check_job, first_dir, parents_first
 from .transfers import Staging, verdict_dir
+from ..launch.pyapp import clear_hook_files
 from ..spool.policy import after_failure, policy_for
 from ..spool.record import InvalidJob, normalize, transition, user_view
 from ..spool.store import BULK, Store, read_job
@@ -176,20 +177,36 @@ class Site:
                 for child in self.children.pop(parent, ()):
                     self._settle_waiting(child)
 
-    def _sweep_temps(self, older_than: float = 3600.0) -> None:
-        """Remove dot-temps a crashed writer left behind (only old ones: a live writer's
-        temp is seconds old)."""
+    def _sweep_temps(self, older_than: float = 3600.0) -> int:
+        """Remove the dot-temps that crashed writers left behind; how many.
+
+        A temp's name says who writes it (``fsio.temp_writer``: host and pid).  One whose
+        writer was a process of this host that no longer exists is removed at once (a
+        site, launcher or submitter killed mid-write); any other only when it is older
+        than ``older_than`` seconds, since its writer may be alive on another node.  The
+        spool's own directories are swept (``created/``, the state directories, ``site/``,
+        ``launchers/`` with the retired ones), never ``data/``, which belongs to the jobs.
+        """
         cutoff = time.time() - older_than
-        for d in (self.layout.created, *(self.layout.state_dir(s) for s in S.SHARDED_DIRS)):
+        tops = (self.layout.created, self.layout.rejected, self.layout.site_dir,
+                self.layout.launchers, *(self.layout.state_dir(s) for s in S.SHARDED_DIRS))
+        n = 0
+        for d in tops:
             for root, _, files in os.walk(d):
                 for f in files:
-                    if f.startswith("."):
-                        p = Path(root) / f
-                        try:
-                            if p.stat().st_mtime < cutoff:
-                                p.unlink()
-                        except FileNotFoundError:
-                            pass
+                    if not f.startswith("."):
+                        continue
+                    p = Path(root) / f
+                    writer = fsio.temp_writer(f)
+                    try:
+                        dead = (writer is not None and writer[0] == fsio.HOST
+                                and writer[1] != os.getpid() and not _alive(writer[1]))
+                        if dead or p.stat().st_mtime < cutoff:
+                            p.unlink()
+                            n += 1
+                    except FileNotFoundError:
+                        pass
+        return n
 
     # ---- one iteration --------------------------------------------------------------------
     def tick(self, now: float | None = None) -> dict:
@@ -558,6 +575,8 @@ class Site:
         retired = self.layout.launchers / ".retired"
         retired.mkdir(exist_ok=True)
         fsio.rename(ldir, retired / launcher)
+        if why == "dead":
+            self._sweep_temps()          # what it was writing when it died
         self.store.ring()       # for a move into ready/ whose ring its death cut off
         self.judge.forget(launcher)
         self.offsets.pop(launcher, None)
@@ -593,6 +612,7 @@ class Site:
     def _revoke_job(self, src: Path, rec: dict, launcher: str, why: str,
                     kill: kills.Request | None = None) -> int:
         job_id = rec["id"]
+        clear_hook_files(self.layout.workdir(rec["workdir"]))   # its hooks died with it
         self.held.pop(job_id, None)      # a run end of this attempt, whose outcome never came
         evs = self.unsettled.pop(job_id, None)
         if evs and evs[-1].get("attempt") == rec.get("attempt"):

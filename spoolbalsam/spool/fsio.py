@@ -60,6 +60,21 @@ def temp_name(path: Path) -> Path:
     return path.with_name(f".{path.name}.{HOST}.{os.getpid()}.{secrets.token_hex(4)}")
 
 
+def temp_writer(name: str) -> tuple[str, int] | None:
+    """(host, pid) of the process that made the dot-temp ``name`` (see ``temp_name``), or
+    None if ``name`` is not such a temp."""
+    if not name.startswith("."):
+        return None
+    head, _, _rand = name.rpartition(".")
+    head, _, pid = head.rpartition(".")
+    if not pid.isdigit():
+        return None
+    for host in (HOST,):                 # host names may hold dots: try ours first
+        if head.endswith("." + host):
+            return host, int(pid)
+    return head.rpartition(".")[2], int(pid)
+
+
 def fsync_dir(directory: Path) -> None:
     fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
     try:
@@ -374,8 +389,14 @@ class AppendLog:
     def __init__(self, path: Path):
         path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
-        self.fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        self.fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o644)
         self.buf: list[bytes] = []
+        # race: the previous writer of this log (the same site after a kill -9) may have
+        # died in the middle of a line.  Our first line would be glued to that piece and
+        # both would be lost to readers (a corrupt line is skipped); a newline ends it.
+        size = os.fstat(self.fd).st_size
+        if size and os.pread(self.fd, 1, size - 1) != b"\n":
+            os.write(self.fd, b"\n")
 
     def append(self, event: dict) -> None:
         self.buf.append(orjson.dumps(event) + b"\n")
