@@ -23,6 +23,8 @@ from ..transfer import items as transfer_items
 RESOURCE_FIELDS = ("num_nodes", "ranks_per_node", "threads_per_rank", "threads_per_core",
                    "gpus_per_rank", "node_packing_count")
 
+MAX_COMMAND = 128 * 1024   # MAX_ARG_STRLEN: a command run by ``sh -c`` is one argument
+
 
 def resource_problem(rec: dict, machine) -> tuple[str, str] | None:
     """(field, reason) if the job can never fit one node of ``machine``."""
@@ -94,6 +96,12 @@ def check_job(rec: dict, source: str, apps, store, machine, published: dict | No
             app.check_render(rec["parameters"])
         except Exception as e:  # jinja2 errors: the app's template with these values
             raise InvalidJob(source, "parameters", f"app {app.name} cannot render: {e}") from None
+        # the command holds every value (quoted): their size alone says it cannot be run
+        size = sum(len(str(v).encode(errors="surrogatepass")) for v in rec["parameters"].values())
+        if size > MAX_COMMAND:
+            raise InvalidJob(source, "parameters", f"make a command of over {size} bytes; the kernel "
+                             f"passes at most {MAX_COMMAND} in one argument (put large inputs "
+                             "in a file in the job's workdir)")
     bad = resource_problem(rec, machine)
     if bad:
         raise InvalidJob(source, bad[0], bad[1])

@@ -66,6 +66,7 @@ from ..spool.store import BULK, Store, read_job
 log = logging.getLogger("spoolbalsam.site")
 INTAKE_BATCH = 500       # drops published per commit: launchers start on the first batch
 INTAKE_BURST = 64        # a tick that took in this many looks again at once, unthrottled
+MAX_DROP_BYTES = 4 << 20  # a bigger dropped file is refused unread (records are read whole)
 INTAKE_BUDGET = 1.0      # seconds of intake per tick before merges and liveness get a turn
 SETTLE_PERIOD = 30.0     # seconds between backstop checks of every waiting job's parents
 INDEX_CHECK_PERIOD = 600.0   # seconds for the background check to cover every bucket once
@@ -358,9 +359,17 @@ class Site:
         """(record, whether the file is exactly its user view and can be published as is)."""
         source = f"jobs/created/{name}"
         try:
-            st = os.stat(src)
+            # lstat: a link is refused, never followed -- the site reads and publishes only
+            # files inside the spool, and never touches what a link points to.
+            st = os.lstat(src)
+            if stat.S_ISLNK(st.st_mode):
+                raise InvalidJob(source, None, "is a symbolic link; the site never follows "
+                                 "links: drop the JSON file itself")
             if not stat.S_ISREG(st.st_mode):
                 raise InvalidJob(source, None, "not a regular file; drop one JSON file per job")
+            if st.st_size > MAX_DROP_BYTES:
+                raise InvalidJob(source, None, f"is {st.st_size} bytes; a job file may have at "
+                                 f"most {MAX_DROP_BYTES} (put large data in files in its workdir)")
             data = fsio.read_bytes(src)
         except FileNotFoundError:
             raise
@@ -376,7 +385,8 @@ class Site:
         # in again after a crash finds the job it already became (see check_job).
         default = stem if valid_id(stem) else new_id(st.st_mtime_ns // 1_000_000, digest)
         rec = normalize(raw, source, default_id=default)
-        canonical = raw == user_view(rec)
+        # a file with another name (a hard link) is no record of ours: it is rewritten whole
+        canonical = raw == user_view(rec) and st.st_nlink == 1
         rec["intake_digest"] = digest.hex()[:16]
         return rec, canonical
 
