@@ -354,6 +354,8 @@ class Launcher:
             self._starter.pump()
             if self._starter.dead and not self.draining:
                 self.request_stop("its job starter exited")
+            if self._starter.dead:
+                self._unreported()
         for job_id, run in list(self.running.items()):
             if run.proc.error is not None or run.proc.dropped is not None:   # never started
                 del self.running[job_id]
@@ -385,6 +387,22 @@ class Launcher:
             app, took = run.record["app"], run.proc.ended_at - (run.started_at or run.proc.ended_at)
             self.run_sec[app] = 0.7 * self.run_sec.get(app, took) + 0.3 * took
         return ended
+
+    def _unreported(self) -> None:
+        """Kill whatever runs of the jobs a dead starter may have started without telling
+        us (their environment names them: ``SPOOL_SITE``, ``SPOOL_JOB_ID``).  Their runs end
+        as killed from outside, so each goes back as a new attempt."""
+        ids = {j for j, r in self.running.items() if r.proc.unreported}
+        if not ids:
+            return
+        from ..site.loop import job_processes
+        for pid in job_processes(self.layout.root, ids):
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except OSError:
+                pass
+        for run in self.running.values():
+            run.proc.unreported = False
 
     def _let_go(self, run: runner.Running) -> None:
         """``run`` has left ``running``: its resources pass to its standby if it has one
