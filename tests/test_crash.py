@@ -432,3 +432,32 @@ def test_a_restarted_site_sweeps_the_temps_of_its_killed_predecessor_at_once(sit
     site_obj(site).recover()
     assert [p for p in dead if p.exists()] == [] and not old_remote.exists()
     assert young_remote.exists()
+
+
+def test_a_duplicate_drop_of_a_running_jobs_id_never_costs_its_verdict(site):
+    """Found by the fuzz soak: a file dropped under the id of a job that had just finished
+    (its verdict read before its rename, as launchers write them) made the site take the
+    job for revoked -- locate finds created/ first -- and drop its verdict: the job stayed
+    in done/ unmerged for good."""
+    from spoolbalsam.spool.store import Store
+    drop(site, "dupv.json", job(workdir="dupv/1"))
+    s = site_obj(site)
+    s.intake()
+    lay = s.layout
+    store = Store(lay)
+    claimed = store.claim(lay.job_path("ready", "dupv"), "L1")
+    log = fsio.AppendLog(lay.launcher_dir("L1") / "events.jsonl")
+    log.append({"t": 1.0, "job": "dupv", "attempt": 1, "to": "RUN_DONE", "return_code": 0,
+                "started_at": 0.5, "ended_at": 1.0, "by": "L1"})
+    log.append({"t": 1.1, "job": "dupv", "attempt": 1, "to": "JOB_FINISHED", "by": "L1"})
+    log.close()
+    s.merge()                                   # the verdict, before the launcher's rename
+    assert "dupv" in s.unsettled
+    drop(site, "dupv.json", job(workdir="dupv/again"))       # a duplicate submission
+    store.move(claimed, lay.job_path("done", "dupv"))
+    s.merge()
+    from spoolbalsam.spool.store import read_job
+    rec = read_job(lay.job_path("done", "dupv"), "done")
+    assert rec["state"] == "JOB_FINISHED" and rec["return_code"] == 0, rec
+    s.intake()
+    assert "already exists" in rejected_entries(site)["dupv.json"][1]

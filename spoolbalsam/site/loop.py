@@ -482,8 +482,16 @@ class Site:
     def _merge_unsettled(self, batch, settled: list) -> int:
         n = 0
         for job_id, evs in list(self.unsettled.items()):
+            where = "done" if evs[-1]["to"] == S.JOB_FINISHED else "failed"
+            if os.path.exists(self.layout.job_file(where, job_id)):
+                del self.unsettled[job_id]
+                n += self._merge_final(job_id, evs, batch, settled)
+                continue
+            # race: a file dropped into created/ under this job's id (a duplicate that the
+            # intake will reject) is what locate finds first; it says nothing about where
+            # the job is, so only ready/ or waiting/ (revoked) or nowhere (removed) count.
             loc = self.store.locate(job_id)
-            if loc is None or loc[0] in ("ready", "waiting", "created"):
+            if loc is None or loc[0] in ("ready", "waiting"):
                 self.unsettled.pop(job_id)      # revoked or removed meanwhile
             elif loc[0] in ("done", "failed", "stageout"):
                 del self.unsettled[job_id]
