@@ -461,3 +461,36 @@ def test_a_duplicate_drop_of_a_running_jobs_id_never_costs_its_verdict(site):
     assert rec["state"] == "JOB_FINISHED" and rec["return_code"] == 0, rec
     s.intake()
     assert "already exists" in rejected_entries(site)["dupv.json"][1]
+
+
+def test_a_merge_that_meets_a_full_disk_holds_nothing_and_is_done_again(site, monkeypatch):
+    """Found by the disk-full soak: a merge whose new records could not be written left
+    the jobs it had taken into site/limbo (and temps in done/) until the site restarted;
+    the campaign could not finish.  Now the batch is taken back whole and redone."""
+    import errno
+    from spoolbalsam.spool.store import Store, read_job
+    drop(site, "full.json", job(workdir="full/1"))
+    s = site_obj(site)
+    s.intake()
+    lay = s.layout
+    store = Store(lay)
+    claimed = store.claim(lay.job_path("ready", "full"), "L1")
+    log = fsio.AppendLog(lay.launcher_dir("L1") / "events.jsonl")
+    log.append({"t": 1.0, "job": "full", "attempt": 1, "to": "RUN_DONE", "return_code": 0,
+                "started_at": 0.5, "ended_at": 1.0, "by": "L1"})
+    log.append({"t": 1.1, "job": "full", "attempt": 1, "to": "JOB_FINISHED", "by": "L1"})
+    log.close()
+    store.move(claimed, lay.job_path("done", "full"))
+
+    def full(*a, **k):
+        raise OSError(errno.ENOSPC, "No space left on device")
+    monkeypatch.setattr(fsio, "_write_temp", full)
+    monkeypatch.setattr(fsio, "overwrite", full)
+    with pytest.raises(OSError):
+        s.merge()
+    monkeypatch.undo()
+    assert fsio.list_names(lay.site_dir / "limbo") == [] and locate(site, "full") == "done"
+    assert [p for p in (site / "jobs").rglob(".*") if p.is_file()] == []
+    s.merge()                                    # space again: the same events, merged
+    rec = read_job(lay.job_path("done", "full"), "done")
+    assert rec["state"] == "JOB_FINISHED" and rec["return_code"] == 0

@@ -173,6 +173,8 @@ class Launcher:
         self._wake_r: int | None = None         # readable when a signal came (run())
         self.run_sec: dict[str, float] = {}     # app -> recent run time (moving average)
         self.verdicts_since = 0.0
+        self.write_failures = 0                 # ticks in a row that failed to write
+        self.write_error = ""
 
     # ---- events ---------------------------------------------------------------------------
     def emit(self, rec: dict, to: str, t: float | None = None, **details) -> dict:
@@ -205,7 +207,10 @@ class Launcher:
         now = time.monotonic() if now is None else now
         if self.signalled:
             self.request_stop(self.signalled)
-        self.lease.beat(now)
+        try:
+            self.lease.beat(now)
+        except OSError:
+            pass        # not rewritten (a full disk): the site only grows suspicious of us
         if (self.dir / "stop").exists():
             self.request_stop("stop requested")
         self._look_for_kills(now)
@@ -254,7 +259,7 @@ class Launcher:
         previous = signal.set_wakeup_fd(wake_w)
         try:
             self.starter              # its interpreter starts while we look for the first jobs
-            while self.tick():
+            while self._tick_or_wait_out():
                 self.wait()
         finally:
             signal.set_wakeup_fd(previous)
@@ -263,6 +268,29 @@ class Launcher:
                 os.close(fd)
             self._wake_r = None
         return self.exit_reason or "stopped"
+
+    def _tick_or_wait_out(self) -> bool:
+        """``tick``, riding out a filesystem that refuses writes (a full disk, a quota).
+
+        Every write of a tick is one that can be done again: events stay buffered until
+        they are written (``fsio.AppendLog.flush``), verdicts wait in order for their
+        events' sync, a move with a rewrite that cannot publish gives the job back to where
+        it was (``Store.move_rewrite``), and a lease not rewritten only makes the site
+        suspect us.  One log line when the trouble starts and one when it ends."""
+        try:
+            alive = self.tick()
+        except OSError as e:
+            if not self.write_failures:
+                self.write_error = f"{e.strerror or e}: {e.filename or ''}".rstrip(": ")
+                log.error("launcher %s: cannot write (%s); retrying", self.id, self.write_error)
+            self.write_failures += 1
+            time.sleep(min(0.05 * self.write_failures, 1.0))
+            return True
+        if self.write_failures:
+            log.warning("launcher %s: writes work again after %d failed ticks (%s)", self.id,
+                        self.write_failures, self.write_error)
+            self.write_failures = 0
+        return alive
 
     def _drops_pending(self) -> bool:
         return bool(fsio.list_names(self.layout.created) or
@@ -445,9 +473,9 @@ class Launcher:
         if not force and self.running and now - self.verdicts_since < VERDICT_SYNC_SEC:
             return
         self.events.sync()
-        moves, self.verdicts = self.verdicts, []
-        for move in moves:
-            move()
+        while self.verdicts:
+            self.verdicts[0]()          # raises (a full disk): it and the rest wait, in order
+            self.verdicts.pop(0)
 
     def _hook(self, app, rec: dict, hook: str) -> pyapp.HookRun | None:
         """Start a Python app's hook in a child process (in the job's workdir); None if the

@@ -273,6 +273,13 @@ class Site:
             except InvalidJob as e:
                 self._reject(src, name, str(e))
         batch = fsio.Batch(self.layout.jobs, self.spares)
+        try:
+            return self._publish_drops(parsed, batch)
+        except OSError:
+            batch.abort()         # a full disk: the drops stay held in site/intake
+            raise
+
+    def _publish_drops(self, parsed: list, batch: fsio.Batch) -> int:
         published: dict[str, str] = {}           # id -> directory, for this batch
         records: list[dict] = []                 # what was published, for the index
         again: list[str] = []                    # published before a crash: look them up
@@ -405,8 +412,22 @@ class Site:
 
     # ---- 2. merge launcher events ---------------------------------------------------------
     def merge(self) -> int:
-        """Merge new launcher events into done/ and failed/ records; release children."""
+        """Merge new launcher events into done/ and failed/ records; release children.
+
+        A merge that cannot write (a full disk) changes nothing: its batch is taken back
+        and the offsets, pending verdicts and held run ends are as before, so the next
+        tick reads and merges the same events again."""
+        saved = (dict(self.offsets), {k: list(v) for k, v in self.unsettled.items()},
+                 {k: list(v) for k, v in self.held.items()})
         batch = fsio.Batch(self.layout.jobs, self.spares)
+        try:
+            return self._merge(batch)
+        except OSError:
+            batch.abort()
+            self.offsets, self.unsettled, self.held = saved
+            raise
+
+    def _merge(self, batch: fsio.Batch) -> int:
         settled: list[tuple[str, str]] = []
         before = len(self.unsettled)
         merged = self._merge_unsettled(batch, settled)
@@ -482,7 +503,7 @@ class Site:
     def _merge_unsettled(self, batch, settled: list) -> int:
         n = 0
         for job_id, evs in list(self.unsettled.items()):
-            where = "done" if evs[-1]["to"] == S.JOB_FINISHED else "failed"
+            where = verdict_dir(evs[-1]) or "done"
             if os.path.exists(self.layout.job_file(where, job_id)):
                 del self.unsettled[job_id]
                 n += self._merge_final(job_id, evs, batch, settled)
@@ -682,6 +703,7 @@ class Site:
         interval = interval or self.settings.get("poll_interval_sec", 1.0)
         wake = wake or threading.Event()
         self.staging.wake = wake                 # transfer backends wake the loop
+        failing, first_error = 0, ""
         self.recover()
         next_look = 0.0
         while not stop.is_set():
@@ -694,6 +716,19 @@ class Site:
                     break
             try:
                 counts = self.tick(started)
+                if failing:
+                    log.warning("site ticks work again after %d that failed (%s)", failing,
+                                first_error)
+                    failing = 0
+            except OSError as e:
+                # A full disk, a quota, a filesystem gone away: one line when it starts and
+                # one when it ends, not a traceback per tick.  Nothing is lost meanwhile:
+                # every step that failed is taken back and done again next tick.
+                if not failing:
+                    first_error = f"{e.strerror or e}: {e.filename or ''}".rstrip(": ")
+                    log.error("site tick failed: %s; retrying every tick", first_error)
+                failing += 1
+                counts = {}
             except Exception:  # the site never stops on one bad tick; it logs and goes on
                 log.exception("site tick failed; continuing")
                 counts = {}

@@ -225,6 +225,7 @@ class Batch:
         self.moves: list[tuple[Path, Path]] = []
         self.after: list = []
         self.once: set[str] = set()
+        self.held: dict[Path, tuple[Path, Path]] = {}   # dest -> (held copy, its old name)
 
     def after_commit(self, fn, once: str | None = None) -> None:
         """Run ``fn`` once the batch's renames are durable (e.g. drop a limbo copy);
@@ -240,6 +241,18 @@ class Batch:
         longer needed: recycle it as a spare, or unlink it."""
         keep = self.spares.give if self.spares is not None else _unlink_quiet
         self.after.append(lambda: keep(path))
+
+    def hold(self, path: Path, held: Path, src: Path) -> None:
+        """The record to be published at ``path`` replaces one its mover holds at ``held``,
+        renamed there from ``src`` (``Store.move_rewrite``): once ``path`` is published the
+        held copy is retired; if it never is (``abort``, a failed ``commit``), the held
+        copy goes back to ``src`` -- the mover still holds the job's only name."""
+        self.held[path] = (held, src)
+
+    def _retire_held(self, path: Path) -> None:
+        got = self.held.pop(path, None)
+        if got is not None:
+            (self.spares.give if self.spares is not None else _unlink_quiet)(got[0])
 
     def add(self, path: Path, data: bytes) -> None:
         spare = self.spares.take() if self.spares is not None else None
@@ -259,27 +272,52 @@ class Batch:
         self.moves.append((src, path))
 
     def commit(self) -> None:
+        """Publish everything; on failure (OSError, raised: a full disk) what was published
+        stays, the rest is taken back as ``abort`` does, and the callbacks do not run.  (A
+        crash, where no handler runs, leaves temps and limbo copies for the recovery.)"""
         if not self.pending and not self.moves:
             for fn in self.after:
                 fn()
             self.after.clear()
             self.once.clear()
             return
-        sync_filesystem(self.anchor)
-        for tmp, path in self.pending + self.moves:
-            rename(tmp, path)
-        self.pending.clear()
-        self.moves.clear()
-        sync_filesystem(self.anchor)
+        published: list[Path] = []
+        try:
+            sync_filesystem(self.anchor)
+            while self.pending:
+                tmp, path = self.pending[0]
+                rename(tmp, path)
+                self.pending.pop(0)
+                published.append(path)
+            while self.moves:
+                rename(*self.moves[0])
+                self.moves.pop(0)
+            sync_filesystem(self.anchor)
+        except OSError:
+            # what was renamed is published: its held copies are no longer needed
+            for path in published:
+                self._retire_held(path)
+            self.abort()
+            raise
+        for path in published:           # the held copies go only once the renames are durable
+            self._retire_held(path)
         for fn in self.after:
             fn()
         self.after.clear()
         self.once.clear()
 
     def abort(self) -> None:
-        for tmp, _ in self.pending:
+        """Take back what is not published: temps removed, held records back where they
+        were, ``add_rename`` sources left where they are, no callback run."""
+        for tmp, path in self.pending:
             _unlink_quiet(tmp)
         self.pending.clear()
+        self.moves.clear()
+        for path, (held, src) in self.held.items():
+            rename_quiet(held, src)
+        self.held.clear()
+        self.after.clear()
+        self.once.clear()
 
 
 def rename(src: Path, dst: Path) -> None:
@@ -402,13 +440,29 @@ class AppendLog:
         self.buf.append(orjson.dumps(event) + b"\n")
 
     def flush(self, *, durable: bool = True) -> None:
+        """Write what is buffered (and fsync, if ``durable``).  On failure (a full disk)
+        nothing of it stays in the file and all of it stays buffered for the next flush.
+
+        # race: a reader may have consumed whole lines of a write that failed midway; the
+        # next flush writes the very same bytes at the very same offset (we are the only
+        # writer), so what it read stays true and its offset stays on a line boundary.
+        """
         if not self.buf:
             return
         data = b"".join(self.buf)
-        self.buf.clear()
+        start = os.lseek(self.fd, 0, os.SEEK_END)
         view = memoryview(data)
-        while view:
-            view = view[os.write(self.fd, view):]
+        try:
+            while view:
+                view = view[os.write(self.fd, view):]
+        except OSError:
+            try:
+                os.ftruncate(self.fd, start)
+            except OSError:
+                pass
+            self.buf = [data]
+            raise
+        self.buf.clear()
         if durable:
             os.fsync(self.fd)
 
