@@ -53,6 +53,9 @@ BAD = [
     ("gpus-per-rank-neg", {**E, "workdir": "w", "gpus_per_rank": -1}, "gpus_per_rank", ">= 0"),
     ("num-nodes-x", {**E, "workdir": "w", "num_nodes": "x"}, "num_nodes", "integer"),
     ("gpus-per-rank-x", {**E, "workdir": "w", "gpus_per_rank": "x"}, "gpus_per_rank", "number"),
+    # found by the fuzz soak: a job no allocation of the machine can hold waited forever
+    ("too-many-nodes", {**E, "workdir": "w", "num_nodes": 10 ** 18}, "num_nodes",
+     "gives at most 1024"),
     ("too-many-gpus", {**E, "workdir": "w", "gpus_per_rank": 13}, "gpus_per_rank", "12"),
     ("too-many-cores", {**E, "workdir": "w", "ranks_per_node": 8}, "ranks_per_node", "4"),
     ("workdir-abs", {**E, "workdir": "/etc"}, "workdir", "/etc"),

@@ -46,9 +46,13 @@ def temps(root: Path) -> list[Path]:
     """Dot-temps in the spool's own directories and hook files in data/ (not the
     directories ``.retired`` and the marker ``.spool-site``, which are no temps)."""
     found = []
+    flat = {str(root / "jobs" / "created"), str(root / "jobs" / "rejected")}
     for top in ("jobs", "site", "launchers", "batch"):
         for d, dirs, files in os.walk(root / top):
             found += [Path(d) / f for f in files if f.startswith(".")]
+            if d in flat:              # a dropped directory is kept as it came
+                dirs[:] = [x for x in dirs if x.startswith(".")]
+                continue
             dirs[:] = [x for x in dirs if x != ".retired" or d == str(root / "launchers")]
             found += [Path(d) / x for x in dirs if x.startswith(".") and x != ".retired"]
     for d, _, files in os.walk(root / "data"):

@@ -30,12 +30,18 @@ def resource_problem(rec: dict, machine) -> tuple[str, str] | None:
     """(field, reason) if the job can never fit one node of ``machine``."""
     if machine is None:
         return None
+    queues = getattr(machine, "queues", None) or {}
+    biggest = None
+    if queues:
+        q = max(queues, key=lambda n: queues[n].max_nodes)
+        biggest = (q, queues[q].max_nodes)
     return _resource_problem(tuple(rec.get(f) for f in RESOURCE_FIELDS), machine.name,
-                             machine.cpus_per_node, len(machine.gpu_ids))
+                             machine.cpus_per_node, len(machine.gpu_ids), biggest)
 
 
 @functools.lru_cache(maxsize=4096)
-def _resource_problem(values: tuple, name: str, cpus: int, gpus: int) -> tuple[str, str] | None:
+def _resource_problem(values: tuple, name: str, cpus: int, gpus: int,
+                      biggest: tuple | None = None) -> tuple[str, str] | None:
     """``resource_problem`` of one shape of job on one shape of node (the jobs of a
     campaign come in a few shapes)."""
     from ..launch.resources import Request
@@ -43,6 +49,9 @@ def _resource_problem(values: tuple, name: str, cpus: int, gpus: int) -> tuple[s
         req = Request.from_job(dict(zip(RESOURCE_FIELDS, values)))
     except ValueError as e:
         return "node_packing_count", str(e)
+    if biggest and req.num_nodes > biggest[1]:
+        return ("num_nodes", f"asks {req.num_nodes} nodes; the largest queue of machine "
+                f"{name} ({biggest[0]}) gives at most {biggest[1]}")
     if req.cpus_per_node > cpus:
         return ("ranks_per_node", f"asks {req.cpus_per_node} cores per node (ranks x threads / "
                 f"threads_per_core); nodes of machine {name} have {cpus}")

@@ -189,11 +189,16 @@ class Site:
         ``launchers/`` with the retired ones), never ``data/``, which belongs to the jobs.
         """
         cutoff = time.time() - older_than
-        tops = (self.layout.created, self.layout.rejected, self.layout.site_dir,
-                self.layout.launchers, *(self.layout.state_dir(s) for s in S.SHARDED_DIRS))
+        # created/ and rejected/ only at their top: a directory dropped there is a user's
+        # drop, kept as it came, dot-files and all
+        flat = (self.layout.created, self.layout.rejected)
+        tops = (*flat, self.layout.site_dir, self.layout.launchers,
+                *(self.layout.state_dir(s) for s in S.SHARDED_DIRS))
         n = 0
         for d in tops:
-            for root, _, files in os.walk(d):
+            for root, dirs, files in os.walk(d):
+                if d in flat:
+                    dirs.clear()
                 for f in files:
                     if not f.startswith("."):
                         continue
