@@ -108,9 +108,9 @@ def check_job(rec: dict, source: str, apps, store, machine, published: dict | No
         # the command holds every value (quoted): their size alone says it cannot be run
         size = sum(len(str(v).encode(errors="surrogatepass")) for v in rec["parameters"].values())
         if size > MAX_COMMAND:
-            raise InvalidJob(source, "parameters", f"make a command of over {size} bytes; the kernel "
-                             f"passes at most {MAX_COMMAND} in one argument (put large inputs "
-                             "in a file in the job's workdir)")
+            raise InvalidJob(source, "parameters", f"make a command of over {size} bytes; the "
+                             f"kernel passes at most {MAX_COMMAND} in one argument (put large "
+                             "inputs in a file in the job's workdir)")
     bad = resource_problem(rec, machine)
     if bad:
         raise InvalidJob(source, bad[0], bad[1])
