@@ -32,6 +32,7 @@ import check
 import procs
 from kills import Result
 from spoolbalsam.spool.layout import Layout
+from spoolbalsam.spool.record import InvalidJob, normalize
 from spoolbalsam.spool.store import read_job
 
 VALID_EVERY = 10
@@ -87,6 +88,11 @@ def _hostile(i: int, kind: str, rng: random.Random, outside: Path, existing: lis
             bad[field] = ["../up"]
         if field == "retry" and value == {}:
             bad[field] = {"errors": -1}
+        try:                                    # a value that happens to be valid there
+            normalize(bad, "fuzz")              # (1.5 minutes, 10**18 ranks...) is wrapped
+            bad[field] = [bad[field], {"x": None}]
+        except InvalidJob:
+            pass
         return name, ("bytes", dump(bad))
     if kind == "huge-string":
         n = rng.randint(200_000, 900_000)

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import random
 import shutil
+import subprocess
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -102,7 +103,22 @@ def _supervise(sp: procs.SiteProcs, ids: list[str], timeout: float) -> list[str]
             return [f"job {j} failed: {_error(lay, j)}" for j in failed]
         time.sleep(0.02)
     where = {j: (store.locate(j) or ("nowhere",))[0] for j in pending}
-    return [f"jobs not finished within {timeout:g} s: {where}"]
+    return [f"jobs not finished within {timeout:g} s: {where}"] + _evidence(sp)
+
+
+def _evidence(sp: procs.SiteProcs, lines: int = 12) -> list[str]:
+    """What a human needs to see of a stuck trial: the tails of the site's and launchers'
+    logs, and where each live launcher's Python is (py-spy, if it is installed)."""
+    out = []
+    for log in sorted((sp.root / "log").glob("*.log"))[-4:]:
+        tail = log.read_text(errors="replace").splitlines()[-lines:]
+        out.append(f"---- {log.name}:\n" + "\n".join(tail))
+    spy = shutil.which("py-spy")
+    for p in sp.live_launchers() if spy else ():
+        got = subprocess.run([spy, "dump", "--pid", str(p.pid)], capture_output=True,
+                             text=True, timeout=30)
+        out.append(f"---- py-spy dump of launcher {p.pid}:\n{got.stdout[-3000:]}")
+    return out
 
 
 def _error(lay: Layout, job_id: str) -> str:
@@ -121,7 +137,8 @@ def _quiet(sp: procs.SiteProcs, timeout: float = 10.0) -> list[str]:
 
 
 def run(scratch: Path, trials: int, per_site: int = 50, window: float = 1.0,
-        seed: int = 1, budget_sec: float | None = None, log=print) -> Result:
+        seed: int = 1, budget_sec: float | None = None, log=print,
+        targets: tuple[str, ...] = TARGETS) -> Result:
     res = Result("kill -9 trials")
     rng = random.Random(seed)
     t_start = time.monotonic()
@@ -147,14 +164,16 @@ def run(scratch: Path, trials: int, per_site: int = 50, window: float = 1.0,
                 if trial >= trials or (budget_sec is not None
                                        and time.monotonic() - t_start > budget_sec):
                     break
-                kind = TARGETS[trial % len(TARGETS)]
+                kind = targets[trial % len(targets)]
                 problems = _one_trial(sp, trial, kind, rng, window, ledger_dir, all_ids, res)
                 res.trials += 1
                 trial += 1
                 if problems:
                     res.failed += 1
                     res.problems += [f"trial {trial - 1} (kill {kind}): {p}" for p in problems]
-                    log(f"  trial {trial - 1} (kill {kind}) FAILED: {problems[:3]}")
+                    log(f"  trial {trial - 1} (kill {kind}) FAILED: {problems[0]}")
+                    for p in problems[1:]:
+                        log(p)
                     all_ids.clear()          # a failed trial ends its site: the next
                     break                    # trials start clean
                 res.held += 1

@@ -47,6 +47,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--budget-min", type=float, default=45.0,
                     help="time budget of each campaign, in minutes")
     ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--targets", default="site,launcher,starter,hook",
+                    help="what the kill trials kill, in turn")
     ap.add_argument("--dir", help="scratch directory parent (default: the temp dir)")
     ap.add_argument("--keep", action="store_true")
     a = ap.parse_args(argv)
@@ -83,7 +85,8 @@ def _run(name: str, a, scratch: Path, budget: float):
     log = lambda msg: print(msg, flush=True)  # noqa: E731
     if name == "kill":
         import kills
-        return kills.run(scratch, a.kills, seed=a.seed, budget_sec=budget, log=log)
+        return kills.run(scratch, a.kills, seed=a.seed, budget_sec=budget, log=log,
+                         targets=tuple(t.strip() for t in a.targets.split(",") if t.strip()))
     if name == "race":
         import race
         return race.run(scratch, a.launchers, a.jobs, budget_sec=budget, log=log)
