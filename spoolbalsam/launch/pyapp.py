@@ -202,9 +202,11 @@ class HookRun:
         for p in (self.infile, self.outfile):
             if p is not None:
                 fsio.unlink_quiet(p)
+        killed = res.get("killed")
         res = {"state": res.get("state"), "data": res.get("data"),
-               "state_data": res.get("state_data"), "error": res.get("error"),
-               "killed": res.get("killed")}
+               "state_data": res.get("state_data"), "error": res.get("error")}
+        if killed:
+            res["killed"] = killed              # by a signal from outside: no verdict
         self.result = res
         return res
 
