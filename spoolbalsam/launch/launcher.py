@@ -838,9 +838,17 @@ class Launcher:
 
     def _standby_depth(self, run: runner.Running) -> int:
         """How many standbys are ahead of ``run`` on its slot (0: it is the slot's job)."""
-        depth = 0
-        while run.after is not None and run.after in self.running:
-            run = self.running[run.after]
+        depth, seen = 0, {run.job_id}
+        while run.after is not None:
+            before = self.running.get(run.after)
+            # A link counts only while both ends name each other.  A job that has left keeps
+            # no link, but its id can run here again -- behind this very chain (a job that
+            # failed, back for its next attempt) -- and a stale link to it would go round
+            # forever.
+            if before is None or before.standby != run.job_id or before.job_id in seen:
+                break
+            seen.add(before.job_id)
+            run = before
             depth += 1
         return depth
 
