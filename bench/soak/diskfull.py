@@ -104,7 +104,7 @@ def run(scratch: Path, jobs: int, seed: int = 1, budget_sec: float | None = None
         lay = Layout(root)
         rng = random.Random(seed)
         all_jobs = [{"id": f"d{i:05d}", "app": "Ledger", "workdir": f"d/{i}",
-                     "node_packing_count": 4, "parameters": {"secs": "0.02"}}
+                     "node_packing_count": 4, "parameters": {"secs": "0.1"}}
                     for i in range(jobs)]
         submitted: list[str] = []
         refused = 0
