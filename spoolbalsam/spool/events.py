@@ -49,7 +49,7 @@ def apply_event(rec: dict, ev: dict) -> dict:
     return transition(rec, ev["to"], ev.get("by", "?"), ev.get("msg"), t=ev["t"], **fields)
 
 
-EXITS = ("JOB_FINISHED", "FAILED", "RESTART_READY", "READY")
+EXITS = ("JOB_FINISHED", "FAILED", "KILLED", "RESTART_READY", "READY")
 
 
 def awaits_outcome(evs: list[dict]) -> bool:
