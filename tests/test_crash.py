@@ -411,7 +411,8 @@ def test_a_dead_launchers_temps_and_hook_files_are_swept_when_it_is_retired(site
         p.write_bytes(b"{")
     s.tick()
     assert (lay.launchers / ".retired" / "L1").is_dir() and locate(site, "sw") == "ready"
-    assert [p for p in dead if p.exists() or (lay.launchers / ".retired" / "L1" / p.name).exists()] == []
+    retired = lay.launchers / ".retired" / "L1"
+    assert [p for p in dead if p.exists() or (retired / p.name).exists()] == []
     assert live.exists() and other.exists(), "a live or remote writer's temp must stay"
 
 

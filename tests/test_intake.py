@@ -75,7 +75,8 @@ BAD = [
     ("app-path", {**E, "workdir": "w", "app": "../EchoHello"}, "app", "not an app name"),
     ("app-huge", {**E, "workdir": "w", "app": "A" * 100_000}, "app", "not an app name"),
     ("deep-data", b'{"app": "EchoHello", "workdir": "w", "parameters": {"say_hello_to": "x"}, '
-                  b'"data": {"d": ' + b"[" * 300 + b"]" * 300 + b"}}", None, "302 levels deep; a job may nest at most 64"),
+                  b'"data": {"d": ' + b"[" * 300 + b"]" * 300 + b"}}", None,
+     "302 levels deep; a job may nest at most 64"),
     ("deep-param", b'{"app": "EchoHello", "workdir": "w", "parameters": {"say_hello_to": '
                    + b"[" * 990 + b"]" * 990 + b"}}", None, "levels deep"),
     ("huge-param", {**E, "workdir": "w", "parameters": {"say_hello_to": "x" * 200_000}},

@@ -178,7 +178,8 @@ def run(scratch: Path, trials: int, per_site: int = 50, window: float = 1.0,
                     break                    # trials start clean
                 res.held += 1
                 if trial % 25 == 0:
-                    log(f"  {trial} trials, {res.failed} failed, {time.monotonic() - t_start:.0f} s")
+                    took = time.monotonic() - t_start
+                    log(f"  {trial} trials, {res.failed} failed, {took:.0f} s")
             # the end of this site: a clean stop, a start (its recovery sweeps), a last check
             sp.stop_site()
             sp.start_site()
