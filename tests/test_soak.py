@@ -32,7 +32,10 @@ def _held(res, trials: int) -> None:
 def test_fifty_kill9_trials_lose_and_double_nothing(tmp_path):
     res = kills.run(tmp_path, 50, per_site=25, seed=14)
     _held(res, 50)
-    assert sum(v for k, v in res.kills.items() if "not found" not in k) >= 40, res.kills
+    # a site or a launcher is always there to kill; a hook child or a starter may have
+    # ended before the moment came (then the trial killed nothing)
+    assert res.kills.get("site", 0) + res.kills.get("launcher", 0) >= 24, res.kills
+    assert sum(v for k, v in res.kills.items() if "not found" not in k) >= 30, res.kills
 
 
 def test_four_racing_launchers_run_5000_jobs_exactly_once(tmp_path):
