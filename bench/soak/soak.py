@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import shutil
 import sys
 import tempfile
 import time
@@ -24,7 +23,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-import procs  # noqa: E402  (puts bench/ and the checkout on sys.path)
+import procs  # noqa: E402,F401  (puts bench/ and the checkout on sys.path)
 import _common  # noqa: E402
 
 CAMPAIGNS = ("kill", "race", "fuzz", "full", "nfs")
