@@ -1,8 +1,8 @@
 """Campaign 4: the disk fills up mid-campaign.
 
 A site on its own 8 MB tmpfs (``mount -t tmpfs -o size=8m``; root only) runs ``jobs``
-ledger jobs (the ledger lives outside the tmpfs).  Once a third of them are submitted, a
-filler file outside the site but on the same filesystem takes every free byte; for
+ledger jobs (the ledger lives outside the tmpfs).  Once a third of them are submitted and
+the first ten are done, a filler file outside the site but on the same filesystem takes every free byte; for
 ``FULL_SEC`` seconds the soak keeps submitting (a refused submit is retried later, as a
 user would), the site and the launcher keep working as well as they can, and every
 ``CHECK_EVERY`` seconds every visible record is read: none may be empty, torn or invalid.
@@ -115,7 +115,7 @@ def run(scratch: Path, jobs: int, seed: int = 1, budget_sec: float | None = None
         deadline = t0 + (budget_sec or 1800)
         while time.monotonic() < deadline:
             now = time.monotonic()
-            if len(submitted) < jobs:
+            if len(submitted) < jobs and (filled_at or len(submitted) < jobs // 3):
                 part = all_jobs[len(submitted): len(submitted) + chunk]
                 try:
                     submit_jobs(lay, part, source="soak")
@@ -126,7 +126,10 @@ def run(scratch: Path, jobs: int, seed: int = 1, budget_sec: float | None = None
                     got_in = _submitted_prefix(str(e), part)
                     submitted += got_in
                     time.sleep(0.1)
-            if filled_at is None and len(submitted) >= jobs // 3:
+            # mid-campaign: the launcher is up and running jobs (a launcher that starts on
+            # a full disk cannot even open its log, and the campaign would test nothing)
+            if (filled_at is None and len(submitted) >= jobs // 3
+                    and all(lay.job_path("done", j).exists() for j in submitted[:10])):
                 filled_at = time.monotonic()
                 n = _fill(filler)
                 log(f"  filled the disk with {n / 1e6:.1f} MB after {len(submitted)} jobs")

@@ -175,6 +175,7 @@ class Launcher:
         self.verdicts_since = 0.0
         self.write_failures = 0                 # ticks in a row that failed to write
         self.write_error = ""
+        self.lease_error = ""                   # why the lease could not be rewritten
 
     # ---- events ---------------------------------------------------------------------------
     def emit(self, rec: dict, to: str, t: float | None = None, **details) -> dict:
@@ -208,9 +209,17 @@ class Launcher:
         if self.signalled:
             self.request_stop(self.signalled)
         try:
-            self.lease.beat(now)
-        except OSError:
-            pass        # not rewritten (a full disk): the site only grows suspicious of us
+            if self.lease.beat(now) and self.lease_error:
+                log.warning("launcher %s: its lease is rewritten again (it could not be: %s)",
+                            self.id, self.lease_error)
+                self.lease_error = ""
+        except OSError as e:
+            # Not rewritten (a full disk): the site only grows suspicious of us; retried
+            # next tick.  One line when it starts, one when it ends.
+            if not self.lease_error:
+                self.lease_error = fsio.error_text(e)
+                log.error("launcher %s: cannot rewrite its lease (%s); the site may suspect "
+                          "it until it can", self.id, self.lease_error)
         if (self.dir / "stop").exists():
             self.request_stop("stop requested")
         self._look_for_kills(now)
@@ -281,7 +290,7 @@ class Launcher:
             alive = self.tick()
         except OSError as e:
             if not self.write_failures:
-                self.write_error = f"{e.strerror or e}: {e.filename or ''}".rstrip(": ")
+                self.write_error = fsio.error_text(e)
                 log.error("launcher %s: cannot write (%s); retrying", self.id, self.write_error)
             self.write_failures += 1
             time.sleep(min(0.05 * self.write_failures, 1.0))

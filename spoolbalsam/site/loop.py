@@ -730,7 +730,7 @@ class Site:
                 # one when it ends, not a traceback per tick.  Nothing is lost meanwhile:
                 # every step that failed is taken back and done again next tick.
                 if not failing:
-                    first_error = f"{e.strerror or e}: {e.filename or ''}".rstrip(": ")
+                    first_error = fsio.error_text(e)
                     log.error("site tick failed: %s; retrying every tick", first_error)
                 failing += 1
                 counts = {}

@@ -411,6 +411,11 @@ def list_dirs(directory: Path) -> list[str]:
         return []
 
 
+def error_text(e: OSError) -> str:
+    """``No space left on device: /site/jobs/x.json``: an OSError as one line for a log."""
+    return f"{e.strerror or e}: {e.filename or ''}".rstrip(": ")
+
+
 def _unlink_quiet(path: Path) -> None:
     try:
         os.unlink(path)
