@@ -259,10 +259,13 @@ class AppRegistry:
         self.errors: dict[str, str] = {}
 
     def get(self, name: str) -> App | None:
+        from .spool.record import app_name_problem
+        if app_name_problem(name):           # "../x", a 100 kB name: never a file of apps/
+            return None
         path = self.dir / f"{name}.yml"
         try:
             mtime = path.stat().st_mtime_ns
-        except FileNotFoundError:
+        except OSError:                      # absent, or a name the filesystem refuses
             self._apps.pop(name, None)
             return None
         cached = self._apps.get(name)

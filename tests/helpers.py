@@ -267,8 +267,9 @@ def rejected_entries(site: Path) -> dict[str, tuple[bytes, str]]:
     out = {}
     rdir = site / "jobs" / "rejected"
     for p in sorted(rdir.iterdir()):
-        if p.name.startswith(".") or p.name.endswith(".reason"):
-            continue
+        if p.name.startswith(".") or p.name.endswith(".reason") or p.is_symlink() \
+                or not p.is_file():
+            continue                    # links, directories: see their own tests
         original = p.name.split("-", 1)[1]
         reason_file = p.with_name(p.name + ".reason")
         reason = reason_file.read_text() if reason_file.exists() else ""

@@ -309,3 +309,189 @@ def test_a_retry_killed_midway_leaves_the_job_visible_and_recoverable(site, monk
     s.recover()
     s.tick()
     assert locate(site, "rt") in ("failed", "ready")
+
+
+def _dead_lease(lay, launcher: str) -> None:
+    """A lease of ``launcher`` naming a process of this host that has exited."""
+    import subprocess
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    fsio.write_json_atomic(lay.launcher_dir(launcher) / "lease.json",
+                           {"seq": 1, "host": fsio.HOST, "pid": dead.pid, "state": "running"})
+
+
+def test_verdicts_logged_behind_a_run_end_awaiting_its_hook_are_merged_when_the_launcher_dies(
+        site):
+    """Found by the kill soak: a run end whose outcome waits for a postprocess hook held
+    back the merge of every later line of its launcher's log, and a launcher killed then
+    was retired with those verdicts never merged: jobs sat in done/ unmerged forever."""
+    from spoolbalsam.spool.store import Store
+    for j in ("hooked", "plain"):
+        drop(site, f"{j}.json", job(workdir=f"held/{j}"))
+    s = site_obj(site)
+    s.intake()
+    lay = s.layout
+    store = Store(lay)
+    claimed = {j: store.claim(lay.job_path("ready", j), "L1") for j in ("hooked", "plain")}
+    log = fsio.AppendLog(lay.launcher_dir("L1") / "events.jsonl")
+    end = {"return_code": 0, "started_at": 0.5, "ended_at": 1.0, "by": "L1"}
+    log.append({"t": 1.0, "job": "hooked", "attempt": 1, "to": "RUN_DONE", **end})  # hook runs
+    log.append({"t": 2.0, "job": "plain", "attempt": 1, "to": "RUN_DONE", **end})
+    log.append({"t": 2.1, "job": "plain", "attempt": 1, "to": "JOB_FINISHED", "by": "L1"})
+    log.close()
+    store.move(claimed["plain"], lay.job_path("done", "plain"))
+    _dead_lease(lay, "L1")
+    s.tick()
+    assert (lay.launchers / ".retired" / "L1").is_dir()
+    plain = record(site, "plain")
+    assert plain["state"] == "JOB_FINISHED" and plain["return_code"] == 0, plain
+    assert locate(site, "hooked") == "ready" and record(site, "hooked")["attempt"] == 2
+
+
+def test_a_run_end_held_for_its_hook_is_merged_with_its_late_outcome(site):
+    """The outcome of a job whose postprocess hook ran long arrives after other verdicts
+    were merged: the run end's details still reach the record."""
+    from spoolbalsam.spool.store import Store
+    for j in ("slow", "fast"):
+        drop(site, f"{j}.json", job(workdir=f"late/{j}"))
+    s = site_obj(site)
+    s.intake()
+    lay = s.layout
+    store = Store(lay)
+    claimed = {j: store.claim(lay.job_path("ready", j), "L1") for j in ("slow", "fast")}
+    path = lay.launcher_dir("L1") / "events.jsonl"
+    log = fsio.AppendLog(path)
+    log.append({"t": 1.0, "job": "slow", "attempt": 1, "to": "RUN_DONE", "return_code": 0,
+                "started_at": 0.5, "ended_at": 1.0, "by": "L1"})
+    log.append({"t": 2.0, "job": "fast", "attempt": 1, "to": "RUN_DONE", "return_code": 0,
+                "started_at": 1.5, "ended_at": 2.0, "by": "L1"})
+    log.append({"t": 2.1, "job": "fast", "attempt": 1, "to": "JOB_FINISHED", "by": "L1"})
+    log.flush()
+    store.move(claimed["fast"], lay.job_path("done", "fast"))
+    s.merge()
+    assert record(site, "fast")["return_code"] == 0       # not held up by the slow hook
+    s2 = site_obj(site)                                    # a site restart keeps what it holds
+    log.append({"t": 9.0, "job": "slow", "attempt": 1, "to": "JOB_FINISHED", "by": "L1"})
+    log.close()
+    store.move(claimed["slow"], lay.job_path("done", "slow"))
+    s2.merge()
+    rec = record(site, "slow")
+    assert rec["state"] == "JOB_FINISHED" and rec["return_code"] == 0 and rec["ended_at"] == 1.0
+
+
+def _dead_pid() -> int:
+    import subprocess
+    p = subprocess.Popen(["true"])
+    p.wait()
+    return p.pid
+
+
+def test_a_dead_launchers_temps_and_hook_files_are_swept_when_it_is_retired(site):
+    """Found by the kill soak: a launcher killed mid-write left its dot-temps in done/ and
+    ready/ (removed only by a site restart an hour later) and a postprocess hook's files in
+    the job's workdir, for good."""
+    drop(site, "sw.json", job(workdir="sweep/1"))
+    s = site_obj(site)
+    s.intake()
+    lay = s.layout
+    s.store.claim(lay.job_path("ready", "sw"), "L1")
+    pid = _dead_pid()
+    fsio.write_json_atomic(lay.launcher_dir("L1") / "lease.json",
+                           {"seq": 1, "host": fsio.HOST, "pid": pid, "state": "running"})
+    dead = [lay.state_dir("done") / shard("x1") / f".x1.json.{fsio.HOST}.{pid}.0badf00d",
+            lay.state_dir("ready") / shard("x2") / f".x2.json.{fsio.HOST}.{pid}.0badf00e",
+            lay.launcher_dir("L1") / f".lease.json.{fsio.HOST}.{pid}.0badf00f",
+            site / "data" / "sweep" / "1" / f".spool-hook.postprocess.{pid}.0a0b0c0d.in.json",
+            site / "data" / "sweep" / "1" / f"..spool-hook.postprocess.{pid}.0a0b0c0d.out.json"
+                                           f".{fsio.HOST}.{pid + 1}.01020304"]
+    live = lay.state_dir("done") / shard("x3") / f".x3.json.{fsio.HOST}.{os.getpid()}.0badf010"
+    other = lay.state_dir("done") / shard("x4") / ".x4.json.elsewhere.1.0badf011"
+    for p in dead + [live, other]:
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_bytes(b"{")
+    s.tick()
+    assert (lay.launchers / ".retired" / "L1").is_dir() and locate(site, "sw") == "ready"
+    retired = lay.launchers / ".retired" / "L1"
+    assert [p for p in dead if p.exists() or (retired / p.name).exists()] == []
+    assert live.exists() and other.exists(), "a live or remote writer's temp must stay"
+
+
+def test_a_restarted_site_sweeps_the_temps_of_its_killed_predecessor_at_once(site):
+    """Found by the kill soak: temps of a site killed mid-batch stayed until a restart at
+    least an hour later; a temp whose writer is a dead process of this host goes now."""
+    lay = site_obj(site).layout
+    pid = _dead_pid()
+    dead = [lay.state_dir("ready") / "0a" / f".j.json.{fsio.HOST}.{pid}.00000001",
+            lay.created / f".k.json.{fsio.HOST}.{pid}.00000002",
+            lay.site_dir / f".merged.json.{fsio.HOST}.{pid}.00000003"]
+    young_remote = lay.created / ".m.json.elsewhere.77.00000004"
+    old_remote = lay.created / ".n.json.elsewhere.78.00000005"
+    for p in dead + [young_remote, old_remote]:
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_bytes(b"{")
+    os.utime(old_remote, (1, 1))
+    site_obj(site).recover()
+    assert [p for p in dead if p.exists()] == [] and not old_remote.exists()
+    assert young_remote.exists()
+
+
+def test_a_duplicate_drop_of_a_running_jobs_id_never_costs_its_verdict(site):
+    """Found by the fuzz soak: a file dropped under the id of a job that had just finished
+    (its verdict read before its rename, as launchers write them) made the site take the
+    job for revoked -- locate finds created/ first -- and drop its verdict: the job stayed
+    in done/ unmerged for good."""
+    from spoolbalsam.spool.store import Store
+    drop(site, "dupv.json", job(workdir="dupv/1"))
+    s = site_obj(site)
+    s.intake()
+    lay = s.layout
+    store = Store(lay)
+    claimed = store.claim(lay.job_path("ready", "dupv"), "L1")
+    log = fsio.AppendLog(lay.launcher_dir("L1") / "events.jsonl")
+    log.append({"t": 1.0, "job": "dupv", "attempt": 1, "to": "RUN_DONE", "return_code": 0,
+                "started_at": 0.5, "ended_at": 1.0, "by": "L1"})
+    log.append({"t": 1.1, "job": "dupv", "attempt": 1, "to": "JOB_FINISHED", "by": "L1"})
+    log.close()
+    s.merge()                                   # the verdict, before the launcher's rename
+    assert "dupv" in s.unsettled
+    drop(site, "dupv.json", job(workdir="dupv/again"))       # a duplicate submission
+    store.move(claimed, lay.job_path("done", "dupv"))
+    s.merge()
+    from spoolbalsam.spool.store import read_job
+    rec = read_job(lay.job_path("done", "dupv"), "done")
+    assert rec["state"] == "JOB_FINISHED" and rec["return_code"] == 0, rec
+    s.intake()
+    assert "already exists" in rejected_entries(site)["dupv.json"][1]
+
+
+def test_a_merge_that_meets_a_full_disk_holds_nothing_and_is_done_again(site, monkeypatch):
+    """Found by the disk-full soak: a merge whose new records could not be written left
+    the jobs it had taken into site/limbo (and temps in done/) until the site restarted;
+    the campaign could not finish.  Now the batch is taken back whole and redone."""
+    import errno
+    from spoolbalsam.spool.store import Store, read_job
+    drop(site, "full.json", job(workdir="full/1"))
+    s = site_obj(site)
+    s.intake()
+    lay = s.layout
+    store = Store(lay)
+    claimed = store.claim(lay.job_path("ready", "full"), "L1")
+    log = fsio.AppendLog(lay.launcher_dir("L1") / "events.jsonl")
+    log.append({"t": 1.0, "job": "full", "attempt": 1, "to": "RUN_DONE", "return_code": 0,
+                "started_at": 0.5, "ended_at": 1.0, "by": "L1"})
+    log.append({"t": 1.1, "job": "full", "attempt": 1, "to": "JOB_FINISHED", "by": "L1"})
+    log.close()
+    store.move(claimed, lay.job_path("done", "full"))
+
+    def full(*a, **k):
+        raise OSError(errno.ENOSPC, "No space left on device")
+    monkeypatch.setattr(fsio, "_write_temp", full)
+    monkeypatch.setattr(fsio, "overwrite", full)
+    with pytest.raises(OSError):
+        s.merge()
+    monkeypatch.undo()
+    assert fsio.list_names(lay.site_dir / "limbo") == [] and locate(site, "full") == "done"
+    assert [p for p in (site / "jobs").rglob(".*") if p.is_file()] == []
+    s.merge()                                    # space again: the same events, merged
+    rec = read_job(lay.job_path("done", "full"), "done")
+    assert rec["state"] == "JOB_FINISHED" and rec["return_code"] == 0

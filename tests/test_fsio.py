@@ -200,3 +200,118 @@ def test_iter_lines_streams_what_read_lines_from_returns(tmp_path):
         f.write(b'{"a": 1}\n\n{not json}\n{"b": 2}\n{"c": ')     # an empty line, a corrupt one, a torn tail
     assert list(fsio.iter_lines(p)) == fsio.read_lines_from(p, 0)[0] == [{"a": 1}, {"b": 2}]
     assert list(fsio.iter_lines(tmp_path / "none.jsonl")) == []
+
+
+def test_appendlog_reopened_after_a_torn_line_starts_on_a_new_line(tmp_path):
+    """Found by the kill soak's log check: a site killed mid-append left half a line, and
+    the restarted site's first event was glued to it (one corrupt line: both lost)."""
+    p = tmp_path / "events.jsonl"
+    p.write_bytes(b'{"a": 1}\n{"b": ')
+    log = fsio.AppendLog(p)
+    log.append({"c": 3})
+    log.close()
+    assert fsio.read_lines_from(p, 0)[0] == [{"a": 1}, {"c": 3}]
+    log = fsio.AppendLog(p)            # a whole last line gets nothing added
+    log.close()
+    assert p.read_bytes().endswith(b'{"c":3}\n') and b"\n\n" not in p.read_bytes()
+
+
+def test_temp_writer_reads_host_and_pid_from_a_temp_name(tmp_path):
+    name = fsio.temp_name(tmp_path / "x.json").name
+    assert fsio.temp_writer(name) == (fsio.HOST, os.getpid())
+    assert fsio.temp_writer(".x.json.node7.cluster.42.0badf00d") == ("cluster", 42)
+    assert fsio.temp_writer("x.json") is None and fsio.temp_writer(".x.json.tmp") is None
+
+
+def _enospc_after(monkeypatch, nbytes: int):
+    """Make os.write write at most ``nbytes`` more bytes in all, then fail with ENOSPC."""
+    import errno
+    real = os.write
+    left = [nbytes]
+
+    def write(fd, data):
+        if left[0] <= 0:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        n = real(fd, bytes(data)[: left[0]])
+        left[0] -= n
+        return n
+    monkeypatch.setattr(os, "write", write)
+
+
+def test_an_appendlog_flush_on_a_full_disk_leaves_no_piece_and_keeps_its_events(tmp_path,
+                                                                                monkeypatch):
+    """Found by the disk-full soak: a flush that failed midway left half a line in the log
+    (the next event glued to it: both lost to readers) and dropped the rest of its events."""
+    p = tmp_path / "events.jsonl"
+    log = fsio.AppendLog(p)
+    log.append({"n": 1})
+    log.flush()
+    log.append({"n": 2, "pad": "x" * 100})
+    log.append({"n": 3})
+    _enospc_after(monkeypatch, 30)
+    with pytest.raises(OSError):
+        log.flush()
+    monkeypatch.undo()
+    assert p.read_bytes() == b'{"n":1}\n', "a failed flush must take back what it wrote"
+    log.append({"n": 4})
+    log.flush()
+    assert [e["n"] for e in fsio.read_lines_from(p, 0)[0]] == [1, 2, 3, 4]
+
+
+def test_a_batch_that_cannot_be_written_gives_every_held_record_back(tmp_path, monkeypatch):
+    """Found by the disk-full soak: the site's merge renamed records into its limbo, then
+    could not write their new versions; the jobs waited in the limbo until a restart."""
+    from spoolbalsam.spool.layout import Layout
+    from spoolbalsam.spool.store import Store
+    lay = Layout(tmp_path / "S")
+    lay.make()
+    store = Store(lay)
+    limbo = lay.site_dir / "limbo"
+    for j in ("a", "b"):
+        fsio.write_json_atomic(lay.job_path("done", j), {"id": j, "state": "RUN_DONE"})
+    batch = fsio.Batch(lay.jobs)
+    assert store.move_rewrite(lay.job_path("done", "a"), lay.job_path("done", "a"),
+                              {"id": "a", "state": "JOB_FINISHED"}, limbo, batch)
+    _enospc_after(monkeypatch, 10)
+    with pytest.raises(OSError):
+        store.move_rewrite(lay.job_path("done", "b"), lay.job_path("done", "b"),
+                           {"id": "b", "state": "JOB_FINISHED"}, limbo, batch)
+    monkeypatch.undo()
+    batch.abort()
+    for j in ("a", "b"):
+        assert fsio.read_json(lay.job_path("done", j)) == {"id": j, "state": "RUN_DONE"}
+    assert fsio.list_names(limbo) == [] and temps(lay.root / "jobs") == []
+
+
+def test_a_batch_commit_that_fails_midway_keeps_what_it_published(tmp_path, monkeypatch):
+    from spoolbalsam.spool.layout import Layout
+    from spoolbalsam.spool.store import Store
+    import errno
+    lay = Layout(tmp_path / "S")
+    lay.make()
+    store = Store(lay)
+    limbo = lay.site_dir / "limbo"
+    batch = fsio.Batch(lay.jobs)
+    for j in ("a", "b"):
+        fsio.write_json_atomic(lay.job_path("ready", j), {"id": j, "v": 1})
+        store.move_rewrite(lay.job_path("ready", j), lay.job_path("failed", j),
+                           {"id": j, "v": 2}, limbo, batch)
+    real, calls = fsio.rename, []
+
+    def rename(src, dst):
+        calls.append(dst)
+        if len(calls) == 2:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real(src, dst)
+    monkeypatch.setattr(fsio, "rename", rename)
+    with pytest.raises(OSError):
+        batch.commit()
+    monkeypatch.undo()
+    assert fsio.read_json(lay.job_path("failed", "a")) == {"id": "a", "v": 2}
+    assert fsio.read_json(lay.job_path("ready", "b")) == {"id": "b", "v": 1}
+    assert not lay.job_path("failed", "b").exists() and not lay.job_path("ready", "a").exists()
+    assert fsio.list_names(limbo) == [] and temps(lay.root / "jobs") == []
+
+
+def temps(d):
+    return [os.path.join(r, f) for r, _, fs in os.walk(d) for f in fs if f.startswith(".")]

@@ -53,6 +53,9 @@ BAD = [
     ("gpus-per-rank-neg", {**E, "workdir": "w", "gpus_per_rank": -1}, "gpus_per_rank", ">= 0"),
     ("num-nodes-x", {**E, "workdir": "w", "num_nodes": "x"}, "num_nodes", "integer"),
     ("gpus-per-rank-x", {**E, "workdir": "w", "gpus_per_rank": "x"}, "gpus_per_rank", "number"),
+    # found by the fuzz soak: a job no allocation of the machine can hold waited forever
+    ("too-many-nodes", {**E, "workdir": "w", "num_nodes": 10 ** 18}, "num_nodes",
+     "gives at most 1024"),
     ("too-many-gpus", {**E, "workdir": "w", "gpus_per_rank": 13}, "gpus_per_rank", "12"),
     ("too-many-cores", {**E, "workdir": "w", "ranks_per_node": 8}, "ranks_per_node", "4"),
     ("workdir-abs", {**E, "workdir": "/etc"}, "workdir", "/etc"),
@@ -67,6 +70,17 @@ BAD = [
     ("own-parent", {**E, "workdir": "w", "id": "selfish", "parent_ids": ["selfish"]},
      "parent_ids", "own parent"),
     ("bad-id", {**E, "workdir": "w", "id": "../../x"}, "id", "not a valid id"),
+    # found by the fuzz soak: each of these stopped the site's intake for good (every tick
+    # failed on the same file, and the files behind it waited forever)
+    ("app-path", {**E, "workdir": "w", "app": "../EchoHello"}, "app", "not an app name"),
+    ("app-huge", {**E, "workdir": "w", "app": "A" * 100_000}, "app", "not an app name"),
+    ("deep-data", b'{"app": "EchoHello", "workdir": "w", "parameters": {"say_hello_to": "x"}, '
+                  b'"data": {"d": ' + b"[" * 300 + b"]" * 300 + b"}}", None,
+     "302 levels deep; a job may nest at most 64"),
+    ("deep-param", b'{"app": "EchoHello", "workdir": "w", "parameters": {"say_hello_to": '
+                   + b"[" * 990 + b"]" * 990 + b"}}", None, "levels deep"),
+    ("huge-param", {**E, "workdir": "w", "parameters": {"say_hello_to": "x" * 200_000}},
+     "parameters", "at most 131072"),
 ]
 
 
@@ -395,3 +409,58 @@ def test_a_tick_that_took_in_a_burst_looks_again_without_waiting(site, monkeypat
     # ticks took in 64, 192, 63, 0, then the last one (which stops): no wait after the
     # first two, one after each of the others
     assert len(waits) == 3
+
+
+def test_links_and_oversized_files_are_rejected_unread_and_unfollowed(live, tmp_path):
+    """Found by the fuzz soak: a dropped symlink was followed (a valid job file elsewhere
+    became a job, published as a link to a file outside the site whose mtime the site then
+    set), a dangling one stayed in site/intake for good, and a 50 MB file was read whole
+    into the site's memory."""
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    target = outside / "job.json"
+    target.write_text(json.dumps(job(workdir="via/link")))
+    before = os.stat(target)
+    created = live / "jobs" / "created"
+    links = {"lnk-job.json": str(target), "lnk-dangling.json": str(outside / "missing"),
+             "lnk-dir.json": str(outside)}
+    for name, to in links.items():
+        os.symlink(to, created / name)
+    big = b'{"app": "EchoHello", "workdir": "w", "data": {"x": "' + b"A" * (5 << 20) + b'"}}'
+    drop(live, "too-big.json", big)
+    for name, to in links.items():
+        wait_for(lambda: name in rejected_entries_links(live), 20, f"{name} rejected")
+        kept, reason = rejected_entries_links(live)[name]
+        assert os.readlink(kept) == to, "the link itself is kept, as dropped"
+        assert "symbolic link" in reason and f"jobs/created/{name}" in reason, reason
+    kept, reason = _rejected(live, "too-big.json")
+    assert kept == big and "a job file may have at most" in reason
+    after = os.stat(target)
+    assert (after.st_mtime_ns, after.st_size) == (before.st_mtime_ns, before.st_size)
+    assert locate(live, "lnk-job") is None
+    drop(live, "after-links.json", job(workdir="after/links"))
+    wait_for(lambda: locate(live, "after-links") == "ready", 20, "the site still takes jobs in")
+
+
+def rejected_entries_links(site: Path) -> dict[str, tuple[Path, str]]:
+    """Original name -> (the kept entry, its reason) for rejected drops that are links."""
+    out = {}
+    rdir = site / "jobs" / "rejected"
+    for p in rdir.iterdir():
+        if p.is_symlink():
+            reason = p.with_name(p.name + ".reason")
+            out[p.name.split("-", 1)[1]] = (p, reason.read_text() if reason.exists() else "")
+    return out
+
+
+def test_a_hard_linked_drop_is_rewritten_not_published_as_is(site, tmp_path):
+    from spoolbalsam.spool.layout import Layout
+    from spoolbalsam.submit import submit_jobs
+    lay = Layout(site)
+    [api] = submit_jobs(lay, [job(workdir="hard/link")])
+    other = tmp_path / "other-name.json"
+    os.link(lay.created / f"{api['id']}.json", other)
+    site_obj(site).intake()
+    published = lay.job_path("ready", api["id"])
+    assert os.stat(published).st_ino != os.stat(other).st_ino, \
+        "a record must not share its file with a name outside the spool"

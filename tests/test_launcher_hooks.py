@@ -6,6 +6,8 @@ import os
 import signal
 import time
 
+import pytest
+
 from spoolbalsam.api import ApplicationDefinition
 
 from helpers import (drop, edit_settings, ids_in, job, record, start_launcher, wait_for)
@@ -96,3 +98,44 @@ def test_a_hook_running_when_the_launcher_stops_sends_its_job_back(running_site,
     assert rec["attempt"] == 2 and rec["state"] == "RESTART_READY", rec
     assert "postprocess stopped" in rec["history"][-1].get("msg", ""), rec["history"][-1]
     assert not [p for p in (site / "data/hooks/cut").iterdir() if p.name.startswith(".spool-hook")]
+
+
+def _hook_child(site, job_id: str) -> int | None:
+    """The pid of the process running a hook of ``job_id`` (its environment says so)."""
+    for d in os.listdir("/proc"):
+        if not d.isdigit():
+            continue
+        try:
+            cmd = open(f"/proc/{d}/cmdline", "rb").read()
+            env = open(f"/proc/{d}/environ", "rb").read().split(b"\0")
+        except OSError:
+            continue
+        if b"spoolbalsam.api.child\0hook" in cmd and f"SPOOL_JOB_ID={job_id}".encode() in env:
+            return int(d)
+    return None
+
+
+@pytest.mark.parametrize("app, hook", [("GatedPost", "post"), ("GatedPre", "pre")])
+def test_a_hook_killed_from_outside_sends_its_job_back_for_another_attempt(
+        running_site, tmp_path, app, hook):
+    """Found by the kill soak: a hook child killed with SIGKILL (the OOM killer, an
+    operator) failed its job for good, though the hook never gave a verdict.  It is now
+    treated as a job killed from outside: another attempt, counted as a timeout."""
+    site = running_site
+    _sync(site)
+    gate = tmp_path / "gate"
+    drop(site, "hk.json", job(app=app, workdir="hooks/hk", id="hk",
+                              parameters={"gate": str(gate)}))
+    wait_for(lambda: "hk" in ids_in(site, "ready"), 20, "the gated job ready")
+    start_launcher(site, idle_ttl=30)
+    wait_for(lambda: (site / f"data/hooks/hk/{hook}.began").exists(), 60, f"its {hook}")
+    pid = wait_for(lambda: _hook_child(site, "hk"), 10, "the hook's process")
+    (site / f"data/hooks/hk/{hook}.began").unlink()
+    os.kill(pid, signal.SIGKILL)
+    wait_for(lambda: (site / f"data/hooks/hk/{hook}.began").exists(), 60, "the next attempt")
+    gate.touch()
+    wait_for(lambda: record(site, "hk").get("state") == "JOB_FINISHED", 60, "the job finished")
+    rec = record(site, "hk")
+    assert rec["attempt"] == 2 and rec["retries"]["timeouts"] == 1, rec
+    assert any("killed by signal SIGKILL" in (h.get("msg") or "") for h in rec["history"])
+    assert not [p for p in (site / "data/hooks/hk").iterdir() if p.name.startswith(".spool-hook")]

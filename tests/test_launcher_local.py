@@ -423,3 +423,30 @@ def test_two_launchers_share_the_work_and_run_each_job_once(running_site):
     assert len(ids_in(site, "done")) == 30
     starts = [e["job"] for e in launcher_events(site) if e.get("to") == "RUNNING"]
     assert sorted(starts) == sorted(f"two{i:02d}" for i in range(30)), "a job ran twice"
+
+
+def test_a_stale_standby_link_never_sends_the_launcher_round_in_circles():
+    """Found by the kill soak: a launcher spun forever in _standby_depth (py-spy: active,
+    never reaping again) once job A, whose standby B had started on A's slot, failed and
+    came back as B's standby: B.after still named A and A.after named B."""
+    from types import SimpleNamespace
+
+    from spoolbalsam.launch.launcher import Launcher
+    a = SimpleNamespace(job_id="a", after="b", standby=None)        # queued behind b
+    b = SimpleNamespace(job_id="b", after="a", standby="a")         # stale: a left, b started
+    c = SimpleNamespace(job_id="c", after="a", standby=None)        # a real chain: c behind a
+    a2 = SimpleNamespace(job_id="a", after="b", standby="c")
+
+    def endless(*_):
+        raise AssertionError("_standby_depth went round a stale link forever")
+    previous = signal.signal(signal.SIGALRM, endless)
+    signal.alarm(5)
+    try:
+        stub = SimpleNamespace(running={"a": a, "b": b})
+        assert Launcher._standby_depth(stub, a) == 1
+        assert Launcher._standby_depth(stub, b) == 0
+        stub = SimpleNamespace(running={"a": a2, "b": b, "c": c})
+        assert Launcher._standby_depth(stub, c) == 2
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)

@@ -205,12 +205,13 @@ def test_retry_policy_retries_then_fails():
     assert policy_for(App, dict(rec, retry={"errors": 0}))["errors"] == 0
 
 
-def test_settled_prefix_stops_before_a_run_end_without_its_outcome():
-    from spoolbalsam.spool.events import settled_prefix
-    ev = lambda job, to: {"job": job, "to": to, "t": 1.0}   # noqa: E731
-    whole = [ev("a", "RUNNING"), ev("a", "RUN_DONE"), ev("a", "JOB_FINISHED"), ev("b", "RUNNING")]
-    assert settled_prefix(whole) == 4
-    torn = [ev("a", "RUNNING"), ev("b", "RUN_ERROR"), ev("a", "RUN_DONE"), ev("b", "READY")]
-    assert settled_prefix(torn) == 2            # a's RUN_DONE has no outcome yet
-    assert settled_prefix([ev("a", "RUN_TIMEOUT")]) == 0
-    assert settled_prefix([{"zombie": True, "job": "a"}]) == 1
+def test_a_run_end_awaits_its_outcome_and_nothing_else():
+    from spoolbalsam.spool.events import awaits_outcome
+    ev = lambda to: {"job": "a", "to": to, "t": 1.0}   # noqa: E731
+    assert not awaits_outcome([ev("RUNNING"), ev("RUN_DONE"), ev("JOB_FINISHED")])
+    assert awaits_outcome([ev("RUNNING"), ev("RUN_DONE")])
+    assert awaits_outcome([ev("RUN_DONE"), ev("POSTPROCESSED")])    # JOB_FINISHED to come
+    assert not awaits_outcome([ev("RUN_ERROR"), ev("RESTART_READY")])
+    assert not awaits_outcome([ev("RUNNING")])                     # nothing to hold
+    assert awaits_outcome([ev("RUN_TIMEOUT")])
+    assert not awaits_outcome([{"zombie": True, "job": "a"}])

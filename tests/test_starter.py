@@ -99,6 +99,38 @@ def test_the_launcher_kills_the_jobs_of_a_starter_that_died(starter, tmp_path):
     settle(starter, lambda: a.pid is not None)
     os.kill(starter.pid, signal.SIGKILL)
     settle(starter, lambda: starter.dead)
-    assert a.returncode == -signal.SIGKILL and b.dropped and b.pid is None
+    # b never reported a start: it may have started unseen, so it is never "dropped" (that
+    # would send it back unchanged, to run again as the same attempt)
+    assert a.returncode == -signal.SIGKILL and b.pid is None and not b.dropped
+    assert b.returncode == -signal.SIGKILL and b.unreported
     wait_for(lambda: not pid_alive(a.pid), 10, "the job killed")
     assert starter.wait(10) == -signal.SIGKILL
+
+
+def test_a_launcher_kills_the_unreported_runs_of_its_dead_starter(tmp_path):
+    """Found by the kill soak: a starter killed after it started a standby and before it
+    said so made the launcher send the job back unchanged; it ran again as the same
+    attempt while (or after) the unseen first run ran.  The launcher now kills whatever
+    runs of such jobs it finds by their environment, and their runs end as killed."""
+    import subprocess
+    import sys
+    from types import SimpleNamespace
+
+    from spoolbalsam.launch.launcher import Launcher
+    from spoolbalsam.spool.layout import Layout
+    site = tmp_path / "S"
+    env = dict(os.environ, SPOOL_SITE=str(site), SPOOL_JOB_ID="unseen")
+    unseen = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"], env=env)
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"],
+                             env=dict(env, SPOOL_JOB_ID="seen"))
+    try:
+        runs = {j: SimpleNamespace(proc=SimpleNamespace(unreported=(j == "unseen")))
+                for j in ("unseen", "seen")}
+        Launcher._unreported(SimpleNamespace(layout=Layout(site), running=runs))
+        assert unseen.wait(10) == -signal.SIGKILL
+        assert other.poll() is None, "a job whose start was reported is not touched here"
+        assert not runs["unseen"].proc.unreported
+    finally:
+        for p in (unseen, other):
+            p.kill()
+            p.wait()

@@ -194,6 +194,10 @@ class Launcher:
         self._wake_r: int | None = None         # readable when a signal came (run())
         self.run_sec: dict[str, float] = {}     # app -> recent run time (moving average)
         self.verdicts_since = 0.0
+        self.write_failures = 0                 # ticks in a row that failed to write
+        self.write_error = ""
+        self.finishing: set[str] = set()        # jobs whose move out of running/L/ is tried
+        self.lease_error = ""                   # why the lease could not be rewritten
 
     # ---- events ---------------------------------------------------------------------------
     def emit(self, rec: dict, to: str, t: float | None = None, **details) -> dict:
@@ -226,7 +230,18 @@ class Launcher:
         now = time.monotonic() if now is None else now
         if self.signalled:
             self.request_stop(self.signalled)
-        self.lease.beat(now)
+        try:
+            if self.lease.beat(now) and self.lease_error:
+                log.warning("launcher %s: its lease is rewritten again (it could not be: %s)",
+                            self.id, self.lease_error)
+                self.lease_error = ""
+        except OSError as e:
+            # Not rewritten (a full disk): the site only grows suspicious of us; retried
+            # next tick.  One line when it starts, one when it ends.
+            if not self.lease_error:
+                self.lease_error = fsio.error_text(e)
+                log.error("launcher %s: cannot rewrite its lease (%s); the site may suspect "
+                          "it until it can", self.id, self.lease_error)
         if (self.dir / "stop").exists():
             self.request_stop("stop requested")
         self._look_for_kills(now)
@@ -275,7 +290,7 @@ class Launcher:
         previous = signal.set_wakeup_fd(wake_w)
         try:
             self.starter              # its interpreter starts while we look for the first jobs
-            while self.tick():
+            while self._tick_or_wait_out():
                 self.wait()
         finally:
             signal.set_wakeup_fd(previous)
@@ -284,6 +299,29 @@ class Launcher:
                 os.close(fd)
             self._wake_r = None
         return self.exit_reason or "stopped"
+
+    def _tick_or_wait_out(self) -> bool:
+        """``tick``, riding out a filesystem that refuses writes (a full disk, a quota).
+
+        Every write of a tick is one that can be done again: events stay buffered until
+        they are written (``fsio.AppendLog.flush``), verdicts wait in order for their
+        events' sync, a move with a rewrite that cannot publish gives the job back to where
+        it was (``Store.move_rewrite``), and a lease not rewritten only makes the site
+        suspect us.  One log line when the trouble starts and one when it ends."""
+        try:
+            alive = self.tick()
+        except OSError as e:
+            if not self.write_failures:
+                self.write_error = fsio.error_text(e)
+                log.error("launcher %s: cannot write (%s); retrying", self.id, self.write_error)
+            self.write_failures += 1
+            time.sleep(min(0.05 * self.write_failures, 1.0))
+            return True
+        if self.write_failures:
+            log.warning("launcher %s: writes work again after %d failed ticks (%s)", self.id,
+                        self.write_failures, self.write_error)
+            self.write_failures = 0
+        return alive
 
     def _drops_pending(self) -> bool:
         return bool(fsio.list_names(self.layout.created) or
@@ -378,6 +416,8 @@ class Launcher:
             self._starter.pump()
             if self._starter.dead and not self.draining:
                 self.request_stop("its job starter exited")
+            if self._starter.dead:
+                self._unreported()
         for job_id, run in list(self.running.items()):
             if run.proc.error is not None or run.proc.dropped is not None:   # never started
                 del self.running[job_id]
@@ -409,6 +449,22 @@ class Launcher:
             app, took = run.record["app"], run.proc.ended_at - (run.started_at or run.proc.ended_at)
             self.run_sec[app] = 0.7 * self.run_sec.get(app, took) + 0.3 * took
         return ended
+
+    def _unreported(self) -> None:
+        """Kill whatever runs of the jobs a dead starter may have started without telling
+        us (their environment names them: ``SPOOL_SITE``, ``SPOOL_JOB_ID``).  Their runs end
+        as killed from outside, so each goes back as a new attempt."""
+        ids = {j for j, r in self.running.items() if r.proc.unreported}
+        if not ids:
+            return
+        from ..site.loop import job_processes
+        for pid in job_processes(self.layout.root, ids):
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except OSError:
+                pass
+        for run in self.running.values():
+            run.proc.unreported = False
 
     def _let_go(self, run: runner.Running) -> None:
         """``run`` has left ``running``: its resources pass to its standby if it has one
@@ -457,11 +513,18 @@ class Launcher:
         if not force and self.running and now - self.verdicts_since < VERDICT_SYNC_SEC:
             return
         self.events.sync()
-        moves, self.verdicts = self.verdicts, []
         batch = fsio.Batch(self.layout.jobs, self.spares)
-        for move in moves:
-            move(batch)
-        batch.commit()
+        try:
+            for move in self.verdicts:
+                move(batch)
+            batch.commit()
+        except OSError:
+            # A full disk: what the batch published stays, the rest is back in running/L/
+            # (``Batch.abort``); every move is tried again, in order, next tick
+            # (``_finish`` knows a move that was already published).
+            batch.abort()
+            raise
+        self.verdicts = []
 
     def _hook(self, app, rec: dict, hook: str) -> pyapp.HookRun | None:
         """Start a Python app's hook in a child process (in the job's workdir); None if the
@@ -472,7 +535,9 @@ class Launcher:
         meanwhile), ``postprocess`` after rc 0, ``handle_error`` after rc != 0,
         ``handle_timeout`` after a timeout.  The loop does not wait for them; each tick
         polls them (``_hooks_done``).  An exception in a hook, or a hook still running after
-        ``hook_timeout``, fails the job with the hook's message; it is never dropped.
+        ``hook_timeout``, fails the job with the hook's message; it is never dropped.  A
+        hook killed by a signal from outside gave no verdict: its job goes back for another
+        attempt, counted as a timeout.
         """
         if app is None or not app.python_class or not pyapp.has_hook(self.layout.root, app, hook):
             return None
@@ -544,6 +609,15 @@ class Launcher:
             extra = {"data": res["data"]} if res.get("data") is not None else {}
             rec = self.emit(rec, S.POSTPROCESSED if kind is None else rec["state"],
                             msg=res.get("state_data"), **extra)
+        if res is not None and res.get("killed"):
+            # A hook killed from outside (the OOM killer, an operator) gave no verdict, like
+            # a job killed from outside: the job goes back for another attempt, counted
+            # against its timeouts, never failed for the kill.
+            where, state, fields, why = after_failure(
+                rec, "timeouts", policy_for(app, rec),
+                f"{hook} killed by {res['killed']} from outside the launcher")
+            rec = self.emit(rec, state, msg=why, **fields)
+            return lambda batch: self._finish(run, where, rec, (), batch)
         if res is not None and res.get("error"):
             why = f"{hook} failed: {res['error']}"
             rec = self.emit(rec, S.FAILED, msg=why, error=why, **_MERGED)
@@ -585,24 +659,42 @@ class Launcher:
     def _finish(self, run: runner.Running, where: str, record: dict | None, cleanup,
                 batch: fsio.Batch) -> None:
         """Move a job that ended to ``where``: with ``record`` (its verdict merged in), as a
-        move with a rewrite whose publication ``batch`` commits; without, by plain rename."""
+        move with a rewrite whose publication ``batch`` commits; without, by plain rename.
+
+        Called again for the same job when a batch failed (a full disk): a job no longer in
+        running/L/ by then was published by that batch before it failed (or revoked
+        meanwhile), and only what follows a move is left to do."""
         dst = self.layout.job_path(where, run.job_id)
+        if run.job_id in self.finishing and not os.path.exists(run.path):
+            self._finished(run, cleanup)
+            return
+        self.finishing.add(run.job_id)
         if record is None:
             ok = self.store.move(run.path, dst)
         else:
             ok = self.store.move_rewrite(run.path, dst, record, self.limbo, batch)
-        self._moved_out(run.job_id)
         if not ok:
             # race: the site revoked this job (it judged us dead) while it ran; our verdict
             # stays in our event log for the record, but the job belongs to its next attempt.
+            self.finishing.discard(run.job_id)
+            self._moved_out(run.job_id)
             self.events.append({"t": time.time(), "job": run.job_id, "zombie": True,
                                 "attempt": run.record.get("attempt", 1), "by": self.id})
             log.warning("job %s was revoked while running here; verdict kept as zombie event",
                         run.job_id)
             return
+        if record is None:
+            self._finished(run, cleanup)
+        else:
+            batch.after_commit(lambda: self._finished(run, cleanup))
+
+    def _finished(self, run: runner.Running, cleanup) -> None:
+        """What follows a job's move out of running/L/ once it is published."""
+        self.finishing.discard(run.job_id)
+        self._moved_out(run.job_id)
         self.store.drop_token(run.job_id)      # it has left running/ (the limbo is ours)
         if cleanup:
-            batch.after_commit(lambda: _cleanup(run.out.parent, cleanup))
+            _cleanup(run.out.parent, cleanup)
 
     # ---- filling --------------------------------------------------------------------------
     def _next_candidates(self, now: float) -> None:
@@ -828,9 +920,17 @@ class Launcher:
 
     def _standby_depth(self, run: runner.Running) -> int:
         """How many standbys are ahead of ``run`` on its slot (0: it is the slot's job)."""
-        depth = 0
-        while run.after is not None and run.after in self.running:
-            run = self.running[run.after]
+        depth, seen = 0, {run.job_id}
+        while run.after is not None:
+            before = self.running.get(run.after)
+            # A link counts only while both ends name each other.  A job that has left keeps
+            # no link, but its id can run here again -- behind this very chain (a job that
+            # failed, back for its next attempt) -- and a stale link to it would go round
+            # forever.
+            if before is None or before.standby != run.job_id or before.job_id in seen:
+                break
+            seen.add(before.job_id)
+            run = before
             depth += 1
         return depth
 
@@ -901,6 +1001,17 @@ class Launcher:
         for h, res in self._hooks_done(self.preparing, now):
             placement, req, app, workdir, by = h.then
             rec = h.rec
+            if res.get("killed"):      # no verdict: back for another attempt (_after_hook)
+                self._unplace(placement)
+                where, state, fields, why = after_failure(
+                    rec, "timeouts", policy_for(app, rec),
+                    f"preprocess killed by {res['killed']} from outside the launcher")
+                rec = self.emit(rec, state, msg=why, **fields)
+                self.events.flush()
+                if self.store.move_rewrite(h.path, self.layout.job_path(where, rec["id"]), rec,
+                                           self.limbo):
+                    self.store.drop_token(rec["id"])
+                continue
             if res.get("error") or res.get("state") == S.FAILED:
                 self._fail_start(h.path, rec, placement,
                                  f"preprocess failed: {res.get('error') or 'set FAILED'}")

@@ -183,19 +183,49 @@ class HookRun:
         try:
             res = fsio.read_json(self.outfile)
         except (FileNotFoundError, ValueError):
-            res = {"state": None, "data": None,
-                   "error": f"hook {self.hook} ended with exit code {rc} and no result "
-                            f"(see {HOOK_LOG} in the workdir)"}
+            # a child killed while it wrote its result leaves that write's temp behind
+            for name in os.listdir(self.outfile.parent):
+                if name.startswith(f".{self.outfile.name}."):
+                    fsio.unlink_quiet(self.outfile.parent / name)
+            if rc < 0:
+                # Killed by a signal from outside (the OOM killer, an operator): the hook
+                # said nothing, so its job is not judged by it (see ``Launcher._after_hook``).
+                res = {"state": None, "data": None, "error": None,
+                       "killed": f"signal {signal.Signals(-rc).name}"}
+            else:
+                res = {"state": None, "data": None,
+                       "error": f"hook {self.hook} ended with exit code {rc} and no result "
+                                f"(see {HOOK_LOG} in the workdir)"}
         return self._finish(res)
 
     def _finish(self, res: dict) -> dict:
         for p in (self.infile, self.outfile):
             if p is not None:
                 fsio.unlink_quiet(p)
+        killed = res.get("killed")
         res = {"state": res.get("state"), "data": res.get("data"),
                "state_data": res.get("state_data"), "error": res.get("error")}
+        if killed:
+            res["killed"] = killed              # by a signal from outside: no verdict
         self.result = res
         return res
+
+
+HOOK_FILE_PREFIX = ".spool-hook."
+
+
+def clear_hook_files(workdir: Path) -> int:
+    """Remove the files of hooks that can no longer be running in ``workdir`` (their
+    launcher is dead and the job revoked): the record handed to the hook, its result, and
+    the temp of a result being written.  How many were removed."""
+    try:
+        names = [n for n in os.listdir(workdir) if n.startswith(HOOK_FILE_PREFIX)
+                 or n.startswith("." + HOOK_FILE_PREFIX)]
+    except (FileNotFoundError, NotADirectoryError):
+        return 0
+    for n in names:
+        fsio.unlink_quiet(Path(workdir) / n)
+    return len(names)
 
 
 def start_hook(site_root: Path, app, rec: dict, hook: str) -> HookRun:
@@ -207,7 +237,7 @@ def start_hook(site_root: Path, app, rec: dict, hook: str) -> HookRun:
         site_root = Path(site_root)
         workdir = site_root / "data" / rec["workdir"]
         workdir.mkdir(parents=True, exist_ok=True)
-        tag = f".spool-hook.{hook}.{os.getpid()}.{secrets.token_hex(4)}"
+        tag = f"{HOOK_FILE_PREFIX}{hook}.{os.getpid()}.{secrets.token_hex(4)}"
         infile, outfile = workdir / f"{tag}.in.json", workdir / f"{tag}.out.json"
         clean = {k: v for k, v in rec.items() if not k.startswith("_")}
         fsio.write_atomic(infile, orjson.dumps(clean), durable=False)

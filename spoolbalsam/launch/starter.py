@@ -36,7 +36,9 @@ Every job runs in a new session, so a signal reaches the whole process group.  A
 job that has already been reaped is dropped: the starter never signals a pid it does not
 own.  The starter outlives SIGTERM and SIGINT (the launcher decides what happens to jobs);
 when the launcher goes away (end of file) it kills every job it still runs and exits, and
-when the starter goes away the launcher kills them (``Starter.pump``) and stops.
+when the starter goes away the launcher kills them (``Starter.pump``) and stops.  A start
+the starter had not yet reported when it went away may have happened unseen: it is reported
+killed (``Child.unreported``), never dropped, and the launcher kills what runs of it.
 """
 from __future__ import annotations
 
@@ -69,6 +71,7 @@ class Child:
     signalled: bool = False               # a kill reached it before it was reaped
     error: str | None = None
     dropped: str | None = None            # a standby that never started, and why
+    unreported: bool = False              # its starter died before saying whether it ran
 
     def poll(self) -> int | None:
         return self.returncode
@@ -178,9 +181,12 @@ class Starter:
                 except OSError:
                     pass
             if child.pid is None:
-                child.dropped = "the launcher's job starter exited before starting it"
-            else:
-                child.returncode, child.ended_at = -signal.SIGKILL, now
+                # race: the starter may have started it and died before saying so: it may
+                # be running, or have run, unseen.  It is reported killed, never "dropped"
+                # (which would send it back unchanged, to run again as the same attempt);
+                # the launcher kills what may still run of it (``Launcher._unreported``).
+                child.unreported = True
+            child.returncode, child.ended_at = -signal.SIGKILL, now
         self.children.clear()
 
     def close(self) -> None:

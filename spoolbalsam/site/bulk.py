@@ -125,7 +125,10 @@ class BulkIntake:
         """Every line checked as a single drop would be: (jobs to publish, ids published
         before a crash).  ``InvalidJob`` for the first bad line, naming it."""
         source = f"jobs/created/{name}"
-        st = os.stat(held)
+        st = os.lstat(held)              # a link is refused, never followed (as single drops)
+        if stat.S_ISLNK(st.st_mode):
+            raise InvalidJob(source, None, "is a symbolic link; the site never follows links: "
+                             "drop the file itself")
         if not stat.S_ISREG(st.st_mode):
             raise InvalidJob(source, None, "not a regular file; a bulk drop is one file with "
                              "one JSON job per line")
@@ -188,11 +191,15 @@ class BulkIntake:
         site = self.site
         lay = site.layout
         batch = fsio.Batch(lay.jobs, site.spares)
-        for rec, where in chunk:
-            if where in ("ready", "stagein"):
-                site._make_workdir(rec)
-            batch.add_json(lay.job_path(where, rec["id"]), rec)
-        batch.commit()
+        try:
+            for rec, where in chunk:
+                if where in ("ready", "stagein"):
+                    site._make_workdir(rec)
+                batch.add_json(lay.job_path(where, rec["id"]), rec)
+            batch.commit()
+        except OSError:
+            batch.abort()      # a full disk: the chunk is published again next tick
+            raise
         ready = False
         for rec, where in chunk:
             site.index.add(rec, S.fine_state(where, rec["state"]))

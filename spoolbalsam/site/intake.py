@@ -23,17 +23,25 @@ from ..transfer import items as transfer_items
 RESOURCE_FIELDS = ("num_nodes", "ranks_per_node", "threads_per_rank", "threads_per_core",
                    "gpus_per_rank", "node_packing_count")
 
+MAX_COMMAND = 128 * 1024   # MAX_ARG_STRLEN: a command run by ``sh -c`` is one argument
+
 
 def resource_problem(rec: dict, machine) -> tuple[str, str] | None:
     """(field, reason) if the job can never fit one node of ``machine``."""
     if machine is None:
         return None
+    queues = getattr(machine, "queues", None) or {}
+    biggest = None
+    if queues:
+        q = max(queues, key=lambda n: queues[n].max_nodes)
+        biggest = (q, queues[q].max_nodes)
     return _resource_problem(tuple(rec.get(f) for f in RESOURCE_FIELDS), machine.name,
-                             machine.cpus_per_node, len(machine.gpu_ids))
+                             machine.cpus_per_node, len(machine.gpu_ids), biggest)
 
 
 @functools.lru_cache(maxsize=4096)
-def _resource_problem(values: tuple, name: str, cpus: int, gpus: int) -> tuple[str, str] | None:
+def _resource_problem(values: tuple, name: str, cpus: int, gpus: int,
+                      biggest: tuple | None = None) -> tuple[str, str] | None:
     """``resource_problem`` of one shape of job on one shape of node (the jobs of a
     campaign come in a few shapes)."""
     from ..launch.resources import Request
@@ -41,6 +49,9 @@ def _resource_problem(values: tuple, name: str, cpus: int, gpus: int) -> tuple[s
         req = Request.from_job(dict(zip(RESOURCE_FIELDS, values)))
     except ValueError as e:
         return "node_packing_count", str(e)
+    if biggest and req.num_nodes > biggest[1]:
+        return ("num_nodes", f"asks {req.num_nodes} nodes; the largest queue of machine "
+                f"{name} ({biggest[0]}) gives at most {biggest[1]}")
     if req.cpus_per_node > cpus:
         return ("ranks_per_node", f"asks {req.cpus_per_node} cores per node (ranks x threads / "
                 f"threads_per_core); nodes of machine {name} have {cpus}")
@@ -96,6 +107,12 @@ def check_job(rec: dict, source: str, apps, store, machine, published: dict | No
             app.check_render(rec["parameters"])
         except Exception as e:  # jinja2 errors: the app's template with these values
             raise InvalidJob(source, "parameters", f"app {app.name} cannot render: {e}") from None
+        # the command holds every value (quoted): their size alone says it cannot be run
+        size = sum(len(str(v).encode(errors="surrogatepass")) for v in rec["parameters"].values())
+        if size > MAX_COMMAND:
+            raise InvalidJob(source, "parameters", f"make a command of over {size} bytes; the "
+                             f"kernel passes at most {MAX_COMMAND} in one argument (put large "
+                             "inputs in a file in the job's workdir)")
     bad = resource_problem(rec, machine)
     if bad:
         raise InvalidJob(source, bad[0], bad[1])

@@ -62,8 +62,8 @@ import orjson
 from ..spool import states as S
 from ..apps import AppRegistry
 from ..spool import bell, fsio, kills
-from ..spool.events import (MERGED, apply_event, event_logs, merge_state, save_merge_state,
-                            settled_prefix)
+from ..spool.events import (MERGED, apply_event, awaits_outcome, event_logs, merge_state,
+                            save_merge_state)
 from ..spool.index import CODE, COMPACT_MIN, DIR_OF, REMOVED, Keeper
 from ..spool.ids import new_id, valid_id
 from ..spool.layout import MARKER, Layout
@@ -71,6 +71,7 @@ from ..spool.lease import DEAD, EXITED, LeaseJudge, job_processes, read_lease
 from .bulk import BulkIntake
 from .intake import check_job, first_dir, parents_first
 from .transfers import Staging, verdict_dir
+from ..launch.pyapp import clear_hook_files
 from ..spool.policy import after_failure, policy_for
 from ..spool.record import InvalidJob, normalize, transition, user_view
 from ..spool.store import BULK, Store, read_job
@@ -78,6 +79,7 @@ from ..spool.store import BULK, Store, read_job
 log = logging.getLogger("spoolbalsam.site")
 INTAKE_BATCH = 500       # drops published per commit: launchers start on the first batch
 INTAKE_BURST = 64        # a tick that took in this many looks again at once, unthrottled
+MAX_DROP_BYTES = 4 << 20  # a bigger dropped file is refused unread (records are read whole)
 INTAKE_BUDGET = 1.0      # seconds of intake per tick before merges and liveness get a turn
 SETTLE_PERIOD = 30.0     # seconds between backstop checks of every waiting job's parents
 INDEX_CHECK_PERIOD = 600.0   # seconds for the background check to cover every bucket once
@@ -98,8 +100,7 @@ class Site:
         self.limbo = layout.site_dir / "limbo"
         self.spares = fsio.Spares(layout.site_dir / "spare")   # files kept for rewrites
         self.judge = LeaseJudge(settings.get("lease_stale_sec", 60.0))
-        self.offsets, self.unsettled = merge_state(layout)
-        self.half_seen: dict[tuple[str, int], float] = {}   # (log, offset) -> first seen
+        self.offsets, self.unsettled, self.held = merge_state(layout)
         self.children: dict[str, set[str]] = {}
         self.events = fsio.AppendLog(layout.site_dir / "events.jsonl")
         self.machine = machine
@@ -197,20 +198,41 @@ class Site:
                 for child in self.children.pop(parent, ()):
                     self._settle_waiting(child)
 
-    def _sweep_temps(self, older_than: float = 3600.0) -> None:
-        """Remove dot-temps a crashed writer left behind (only old ones: a live writer's
-        temp is seconds old)."""
+    def _sweep_temps(self, older_than: float = 3600.0) -> int:
+        """Remove the dot-temps that crashed writers left behind; how many.
+
+        A temp's name says who writes it (``fsio.temp_writer``: host and pid).  One whose
+        writer was a process of this host that no longer exists is removed at once (a
+        site, launcher or submitter killed mid-write); any other only when it is older
+        than ``older_than`` seconds, since its writer may be alive on another node.  The
+        spool's own directories are swept (``created/``, the state directories, ``site/``,
+        ``launchers/`` with the retired ones), never ``data/``, which belongs to the jobs.
+        """
         cutoff = time.time() - older_than
-        for d in (self.layout.created, *(self.layout.state_dir(s) for s in S.SHARDED_DIRS)):
-            for root, _, files in os.walk(d):
+        # created/ and rejected/ only at their top: a directory dropped there is a user's
+        # drop, kept as it came, dot-files and all
+        flat = (self.layout.created, self.layout.rejected)
+        tops = (*flat, self.layout.site_dir, self.layout.launchers,
+                *(self.layout.state_dir(s) for s in S.SHARDED_DIRS))
+        n = 0
+        for d in tops:
+            for root, dirs, files in os.walk(d):
+                if d in flat:
+                    dirs.clear()
                 for f in files:
-                    if f.startswith("."):
-                        p = Path(root) / f
-                        try:
-                            if p.stat().st_mtime < cutoff:
-                                p.unlink()
-                        except FileNotFoundError:
-                            pass
+                    if not f.startswith("."):
+                        continue
+                    p = Path(root) / f
+                    writer = fsio.temp_writer(f)
+                    try:
+                        dead = (writer is not None and writer[0] == fsio.HOST
+                                and writer[1] != os.getpid() and not _alive(writer[1]))
+                        if dead or p.stat().st_mtime < cutoff:
+                            p.unlink()
+                            n += 1
+                    except FileNotFoundError:
+                        pass
+        return n
 
     # ---- finding jobs ---------------------------------------------------------------------
     def locate(self, job_id: str, held: dict | None = None) -> tuple[str, Path] | None:
@@ -282,6 +304,7 @@ class Site:
         counts["revoked"] = self.check_launchers(now)
         if now >= self.next_settle:
             self.next_settle = now + SETTLE_PERIOD
+            self._drop_stale_held()
             self.settle_all_waiting()
             self._finish_other_limbos()
             bell.trim(self.store.bell)
@@ -323,6 +346,13 @@ class Site:
             except InvalidJob as e:
                 self._reject(src, name, str(e))
         batch = fsio.Batch(self.layout.jobs, self.spares)
+        try:
+            return self._publish_drops(parsed, batch)
+        except OSError:
+            batch.abort()         # a full disk: the drops stay held in site/intake
+            raise
+
+    def _publish_drops(self, parsed: list, batch: fsio.Batch) -> int:
         published: dict[str, str] = {}           # id -> directory, for this batch
         records: list[dict] = []                 # what was published, for the index
         again: list[str] = []                    # published before a crash: look them up
@@ -409,9 +439,17 @@ class Site:
         """(record, whether the file is exactly its user view and can be published as is)."""
         source = f"jobs/created/{name}"
         try:
-            st = os.stat(src)
+            # lstat: a link is refused, never followed -- the site reads and publishes only
+            # files inside the spool, and never touches what a link points to.
+            st = os.lstat(src)
+            if stat.S_ISLNK(st.st_mode):
+                raise InvalidJob(source, None, "is a symbolic link; the site never follows "
+                                 "links: drop the JSON file itself")
             if not stat.S_ISREG(st.st_mode):
                 raise InvalidJob(source, None, "not a regular file; drop one JSON file per job")
+            if st.st_size > MAX_DROP_BYTES:
+                raise InvalidJob(source, None, f"is {st.st_size} bytes; a job file may have at "
+                                 f"most {MAX_DROP_BYTES} (put large data in files in its workdir)")
             data = fsio.read_bytes(src)
         except FileNotFoundError:
             raise
@@ -427,7 +465,8 @@ class Site:
         # in again after a crash finds the job it already became (see check_job).
         default = stem if valid_id(stem) else new_id(st.st_mtime_ns // 1_000_000, digest)
         rec = normalize(raw, source, default_id=default)
-        canonical = raw == user_view(rec)
+        # a file with another name (a hard link) is no record of ours: it is rewritten whole
+        canonical = raw == user_view(rec) and st.st_nlink == 1
         rec["intake_digest"] = digest.hex()[:16]
         return rec, canonical
 
@@ -446,31 +485,34 @@ class Site:
 
     # ---- 2. merge launcher events ---------------------------------------------------------
     def merge(self) -> int:
-        """Merge new launcher events into done/ and failed/ records; release children."""
+        """Merge new launcher events into done/ and failed/ records; release children.
+
+        A merge that cannot write (a full disk) changes nothing: its batch is taken back
+        and the offsets, pending verdicts and held run ends are as before, so the next
+        tick reads and merges the same events again."""
+        saved = (dict(self.offsets), {k: list(v) for k, v in self.unsettled.items()},
+                 {k: list(v) for k, v in self.held.items()})
         batch = fsio.Batch(self.layout.jobs, self.spares)
+        try:
+            return self._merge(batch)
+        except OSError:
+            batch.abort()
+            self.offsets, self.unsettled, self.held = saved
+            raise
+
+    def _merge(self, batch: fsio.Batch) -> int:
         settled: list[tuple[str, str]] = []
         before = len(self.unsettled)
         merged = self._merge_unsettled(batch, settled)
         changed = len(self.unsettled) != before
-        half_seen: dict[tuple[str, int], float] = {}
-        for launcher in fsio.list_dirs(self.layout.launchers):
-            path = self.layout.launchers / launcher / "events.jsonl"
+        for launcher, path in event_logs(self.layout).items():
             start = self.offsets.get(launcher, 0)
             try:
                 if os.stat(path).st_size <= start:
                     continue           # nothing appended since we read it: not opened
             except FileNotFoundError:
                 continue
-            lines, end = fsio.read_lines_at(path, start)
-            events = [ev for ev, _ in lines]
-            keep = settled_prefix(events)
-            if keep < len(events):
-                # a run end seen without its outcome: stop before it, unless it has stayed
-                # alone for a whole settle period (a launcher gone mid-write), then move on
-                key = (launcher, lines[keep][1])
-                first = half_seen[key] = self.half_seen.get(key, time.monotonic())
-                if time.monotonic() - first < SETTLE_PERIOD:
-                    events, end = events[:keep], (lines[keep - 1][1] if keep else start)
+            events, end = fsio.read_lines_from(path, start)
             if end == start:
                 continue
             by_job: dict[str, list[dict]] = {}
@@ -480,21 +522,39 @@ class Site:
                     if ev["to"] == S.RUNNING:
                         self.running_at[ev["job"]] = launcher
             for job_id, evs in by_job.items():
+                evs = self.held.pop(job_id, []) + evs
                 if verdict_dir(evs[-1]):
                     merged += self._merge_final(job_id, evs, batch, settled)
+                elif awaits_outcome(evs):
+                    self.held[job_id] = evs          # its outcome comes later
             self.index.note_events(events)
             self.offsets[launcher] = end
             changed = True
-        self.half_seen = half_seen
         batch.commit()
         if changed:
-            save_merge_state(self.layout, self.offsets, self.unsettled)
+            save_merge_state(self.layout, self.offsets, self.unsettled, self.held)
         for job_id, where in settled:
             if where == "stageout":
                 self.staging.noticed(job_id, where)    # children wait for its stage-out
             else:
                 (self._release_children if where == "done" else self._fail_children)(job_id)
         return merged
+
+    def _drop_stale_held(self) -> None:
+        """Backstop: forget held run ends of jobs that left running/ without an outcome the
+        merge could see (removed, or moved by hand).
+
+        # race: a job's outcome is synced to its launcher's log before its rename out of
+        # running/, so a job found outside running/ *before* a merge has its outcome read
+        # by that merge (and its held events with it); only what is still held after it
+        # is stale.
+        """
+        gone = [j for j in self.held if (loc := self.store.locate(j)) is None
+                or loc[0] != "running"]
+        if gone:
+            self.merge()
+            for job_id in gone:
+                self.held.pop(job_id, None)
 
     def _merge_final(self, job_id: str, evs: list[dict], batch, settled: list) -> int:
         """Apply a job's events to its record in done/ or failed/ (0 or 1 records changed).
@@ -534,8 +594,16 @@ class Site:
     def _merge_unsettled(self, batch, settled: list) -> int:
         n = 0
         for job_id, evs in list(self.unsettled.items()):
+            where = verdict_dir(evs[-1]) or "done"
+            if os.path.exists(self.layout.job_file(where, job_id)):
+                del self.unsettled[job_id]
+                n += self._merge_final(job_id, evs, batch, settled)
+                continue
+            # race: a file dropped into created/ under this job's id (a duplicate that the
+            # intake will reject) is what locate finds first; it says nothing about where
+            # the job is, so only ready/ or waiting/ (revoked) or nowhere (removed) count.
             loc = self.locate(job_id)
-            if loc is None or loc[0] in ("ready", "waiting", "created"):
+            if loc is None or loc[0] in ("ready", "waiting"):
                 self.unsettled.pop(job_id)      # revoked or removed meanwhile
                 self.running_at.pop(job_id, None)
             elif loc[0] in ("done", "failed", "stageout"):
@@ -663,13 +731,15 @@ class Site:
         retired = self.layout.launchers / ".retired"
         retired.mkdir(exist_ok=True)
         fsio.rename(ldir, retired / launcher)
+        if why == "dead":
+            self._sweep_temps()          # what it was writing when it died
         self.store.ring()       # for a move into ready/ whose ring its death cut off
         self.judge.forget(launcher)
         self.leases.pop(launcher, None)
         for job_id in [j for j, at in self.running_at.items() if at == launcher]:
             del self.running_at[job_id]
         self.offsets.pop(launcher, None)
-        save_merge_state(self.layout, self.offsets, self.unsettled)
+        save_merge_state(self.layout, self.offsets, self.unsettled, self.held)
         self.events.append({"t": time.time(), "launcher": launcher, "retired": why, "revoked": n})
         log.info("launcher %s %s: %d job(s) revoked", launcher, why, n)
         return n
@@ -701,6 +771,8 @@ class Site:
     def _revoke_job(self, src: Path, rec: dict, launcher: str, why: str,
                     kill: kills.Request | None = None) -> int:
         job_id = rec["id"]
+        clear_hook_files(self.layout.workdir(rec["workdir"]))   # its hooks died with it
+        self.held.pop(job_id, None)      # a run end of this attempt, whose outcome never came
         evs = self.unsettled.pop(job_id, None)
         if evs and evs[-1].get("attempt") == rec.get("attempt"):
             # The launcher recorded a verdict durably but died before its rename.
@@ -751,6 +823,7 @@ class Site:
         interval = interval or self.settings.get("poll_interval_sec", 1.0)
         wake = wake or threading.Event()
         self.staging.wake = wake                 # transfer backends wake the loop
+        failing, first_error = 0, ""
         self.recover()
         next_look = 0.0
         while not stop.is_set():
@@ -763,6 +836,19 @@ class Site:
                     break
             try:
                 counts = self.tick(started)
+                if failing:
+                    log.warning("site ticks work again after %d that failed (%s)", failing,
+                                first_error)
+                    failing = 0
+            except OSError as e:
+                # A full disk, a quota, a filesystem gone away: one line when it starts and
+                # one when it ends, not a traceback per tick.  Nothing is lost meanwhile:
+                # every step that failed is taken back and done again next tick.
+                if not failing:
+                    first_error = fsio.error_text(e)
+                    log.error("site tick failed: %s; retrying every tick", first_error)
+                failing += 1
+                counts = {}
             except Exception:  # the site never stops on one bad tick; it logs and goes on
                 log.exception("site tick failed; continuing")
                 counts = {}

@@ -55,26 +55,28 @@ def apply_event(rec: dict, ev: dict) -> dict:
     return transition(rec, ev["to"], ev.get("by", "?"), ev.get("msg"), t=ev["t"], **fields)
 
 
-def settled_prefix(events: list[dict]) -> int:
-    """How many of ``events`` (one launcher's, in log order) can be merged now.
+EXITS = ("JOB_FINISHED", "FAILED", "KILLED", "RESTART_READY", "READY")
 
-    # race: a launcher writes a job's run end and its outcome (RUN_DONE + JOB_FINISHED,
-    # RUN_ERROR + READY/FAILED, ...) in one write, but a reader can see that write half
-    # done: a write that crosses a page boundary becomes visible page by page.  The
-    # details live in the run end (return code, times, host), so a run end whose outcome
-    # is not in the same read must not be consumed alone: the prefix stops before it and
-    # the next read starts there (merging is idempotent, so what follows is merged again).
+
+def awaits_outcome(evs: list[dict]) -> bool:
+    """True if one job's events (in log order) end in a run end whose outcome is not among
+    them yet: the site holds such events until the outcome comes (``merge_state``).
+
+    # race: a run end and its outcome can be far apart in a launcher's log (a postprocess
+    # hook runs between them, up to its timeout), or a reader can see the one write that
+    # holds both half done (a write that crosses a page boundary becomes visible page by
+    # page).  The details live in the run end (return code, times, host), so it must not
+    # be consumed alone; holding it per job, instead of not reading past it, lets every
+    # later event of the same log be merged meanwhile, and a launcher that died before the
+    # outcome holds nothing back when it is retired.
     """
-    open_end: dict[str, int] = {}          # job -> index of a run end still without outcome
-    for i, ev in enumerate(events):
-        job = ev.get("job")
-        if job is None or "to" not in ev:
-            continue
-        if ev["to"] in RUN_ENDS:
-            open_end.setdefault(job, i)
-        else:
-            open_end.pop(job, None)
-    return min(open_end.values(), default=len(events))
+    ended = False
+    for ev in evs:
+        if ev.get("to") in RUN_ENDS:
+            ended = True
+        elif ev.get("to") in EXITS:
+            ended = False
+    return ended
 
 
 def event_logs(layout: Layout) -> dict[str, Path]:
@@ -83,31 +85,39 @@ def event_logs(layout: Layout) -> dict[str, Path]:
             for name in fsio.list_dirs(layout.launchers)}
 
 
-def merge_state(layout: Layout) -> tuple[dict[str, int], dict[str, list[dict]]]:
-    """The site's merge progress: (offset per launcher log, pending verdicts per job).
+def merge_state(layout: Layout) -> tuple[dict[str, int], dict[str, list[dict]],
+                                         dict[str, list[dict]]]:
+    """The site's merge progress: (offset per launcher log, pending verdicts per job, held
+    run ends per job).
 
-    ``site/merged.json`` = ``{"offsets": {L: bytes}, "pending": {ID: [events]}}``.  A verdict
-    the site read before its launcher's rename made it visible stays in ``pending`` until
-    the site has merged it, so neither a site restart nor a reader can lose it.
+    ``site/merged.json`` = ``{"offsets": {L: bytes}, "pending": {ID: [events]},
+    "held": {ID: [events]}}``.  A verdict the site read before its launcher's rename made it
+    visible stays in ``pending`` until the site has merged it; a run end read before its
+    outcome stays in ``held`` (``awaits_outcome``).  So neither a site restart nor a reader
+    loses either.
     """
     try:
         state = fsio.read_json(layout.site_dir / "merged.json", retry=False)   # absent: none yet
     except FileNotFoundError:
-        return {}, {}
-    return dict(state.get("offsets", {})), dict(state.get("pending", {}))
+        return {}, {}, {}
+    return (dict(state.get("offsets", {})), dict(state.get("pending", {})),
+            dict(state.get("held", {})))
 
 
-def save_merge_state(layout: Layout, offsets: dict, pending: dict) -> None:
+def save_merge_state(layout: Layout, offsets: dict, pending: dict, held: dict) -> None:
     """Written whole but not synced: merging is idempotent, so after a power loss an older
     state only means some events are merged again."""
-    fsio.write_json_atomic(layout.site_dir / "merged.json", {"offsets": offsets, "pending": pending},
+    fsio.write_json_atomic(layout.site_dir / "merged.json",
+                           {"offsets": offsets, "pending": pending, "held": held},
                            durable=False)
 
 
 def unmerged_events(layout: Layout) -> dict[str, list[dict]]:
     """Events the site has not merged yet, by job id, in log order."""
-    offsets, pending = merge_state(layout)
-    by_job: dict[str, list[dict]] = {k: list(v) for k, v in pending.items()}
+    offsets, pending, held = merge_state(layout)
+    by_job: dict[str, list[dict]] = {k: list(v) for k, v in held.items()}
+    for k, v in pending.items():
+        by_job.setdefault(k, []).extend(v)
     for launcher, path in event_logs(layout).items():
         events, _ = fsio.read_lines_from(path, offsets.get(launcher, 0))
         for ev in events:

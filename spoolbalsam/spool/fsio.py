@@ -60,6 +60,21 @@ def temp_name(path: Path) -> Path:
     return path.with_name(f".{path.name}.{HOST}.{os.getpid()}.{secrets.token_hex(4)}")
 
 
+def temp_writer(name: str) -> tuple[str, int] | None:
+    """(host, pid) of the process that made the dot-temp ``name`` (see ``temp_name``), or
+    None if ``name`` is not such a temp."""
+    if not name.startswith("."):
+        return None
+    head, _, _rand = name.rpartition(".")
+    head, _, pid = head.rpartition(".")
+    if not pid.isdigit():
+        return None
+    for host in (HOST,):                 # host names may hold dots: try ours first
+        if head.endswith("." + host):
+            return host, int(pid)
+    return head.rpartition(".")[2], int(pid)
+
+
 def fsync_dir(directory: Path) -> None:
     fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
     try:
@@ -220,6 +235,7 @@ class Batch:
         self.moves: list[tuple[Path, Path]] = []
         self.after: list = []
         self.once: set[str] = set()
+        self.held: dict[Path, tuple[Path, Path]] = {}   # dest -> (held copy, its old name)
 
     def after_commit(self, fn, once: str | None = None) -> None:
         """Run ``fn`` once the batch's renames are durable (e.g. drop a limbo copy);
@@ -235,6 +251,18 @@ class Batch:
         longer needed: recycle it as a spare, or unlink it."""
         keep = self.spares.give if self.spares is not None else _unlink_quiet
         self.after.append(lambda: keep(path))
+
+    def hold(self, path: Path, held: Path, src: Path) -> None:
+        """The record to be published at ``path`` replaces one its mover holds at ``held``,
+        renamed there from ``src`` (``Store.move_rewrite``): once ``path`` is published the
+        held copy is retired; if it never is (``abort``, a failed ``commit``), the held
+        copy goes back to ``src`` -- the mover still holds the job's only name."""
+        self.held[path] = (held, src)
+
+    def _retire_held(self, path: Path) -> None:
+        got = self.held.pop(path, None)
+        if got is not None:
+            (self.spares.give if self.spares is not None else _unlink_quiet)(got[0])
 
     def add(self, path: Path, data: bytes) -> None:
         spare = self.spares.take() if self.spares is not None else None
@@ -254,27 +282,52 @@ class Batch:
         self.moves.append((src, path))
 
     def commit(self) -> None:
+        """Publish everything; on failure (OSError, raised: a full disk) what was published
+        stays, the rest is taken back as ``abort`` does, and the callbacks do not run.  (A
+        crash, where no handler runs, leaves temps and limbo copies for the recovery.)"""
         if not self.pending and not self.moves:
             for fn in self.after:
                 fn()
             self.after.clear()
             self.once.clear()
             return
-        sync_filesystem(self.anchor)
-        for tmp, path in self.pending + self.moves:
-            rename(tmp, path)
-        self.pending.clear()
-        self.moves.clear()
-        sync_filesystem(self.anchor)
+        published: list[Path] = []
+        try:
+            sync_filesystem(self.anchor)
+            while self.pending:
+                tmp, path = self.pending[0]
+                rename(tmp, path)
+                self.pending.pop(0)
+                published.append(path)
+            while self.moves:
+                rename(*self.moves[0])
+                self.moves.pop(0)
+            sync_filesystem(self.anchor)
+        except OSError:
+            # what was renamed is published: its held copies are no longer needed
+            for path in published:
+                self._retire_held(path)
+            self.abort()
+            raise
+        for path in published:           # the held copies go only once the renames are durable
+            self._retire_held(path)
         for fn in self.after:
             fn()
         self.after.clear()
         self.once.clear()
 
     def abort(self) -> None:
-        for tmp, _ in self.pending:
+        """Take back what is not published: temps removed, held records back where they
+        were, ``add_rename`` sources left where they are, no callback run."""
+        for tmp, path in self.pending:
             _unlink_quiet(tmp)
         self.pending.clear()
+        self.moves.clear()
+        for path, (held, src) in self.held.items():
+            rename_quiet(held, src)
+        self.held.clear()
+        self.after.clear()
+        self.once.clear()
 
 
 def rename(src: Path, dst: Path) -> None:
@@ -368,6 +421,11 @@ def list_dirs(directory: Path) -> list[str]:
         return []
 
 
+def error_text(e: OSError) -> str:
+    """``No space left on device: /site/jobs/x.json``: an OSError as one line for a log."""
+    return f"{e.strerror or e}: {e.filename or ''}".rstrip(": ")
+
+
 def _unlink_quiet(path: Path) -> None:
     try:
         os.unlink(path)
@@ -384,20 +442,42 @@ class AppendLog:
     def __init__(self, path: Path):
         path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
-        self.fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        self.fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o644)
         self.buf: list[bytes] = []
+        # race: the previous writer of this log (the same site after a kill -9) may have
+        # died in the middle of a line.  Our first line would be glued to that piece and
+        # both would be lost to readers (a corrupt line is skipped); a newline ends it.
+        size = os.fstat(self.fd).st_size
+        if size and os.pread(self.fd, 1, size - 1) != b"\n":
+            os.write(self.fd, b"\n")
 
     def append(self, event: dict) -> None:
         self.buf.append(orjson.dumps(event) + b"\n")
 
     def flush(self, *, durable: bool = True) -> None:
+        """Write what is buffered (and fsync, if ``durable``).  On failure (a full disk)
+        nothing of it stays in the file and all of it stays buffered for the next flush.
+
+        # race: a reader may have consumed whole lines of a write that failed midway; the
+        # next flush writes the very same bytes at the very same offset (we are the only
+        # writer), so what it read stays true and its offset stays on a line boundary.
+        """
         if not self.buf:
             return
         data = b"".join(self.buf)
-        self.buf.clear()
+        start = os.lseek(self.fd, 0, os.SEEK_END)
         view = memoryview(data)
-        while view:
-            view = view[os.write(self.fd, view):]
+        try:
+            while view:
+                view = view[os.write(self.fd, view):]
+        except OSError:
+            try:
+                os.ftruncate(self.fd, start)
+            except OSError:
+                pass
+            self.buf = [data]
+            raise
+        self.buf.clear()
         if durable:
             os.fsync(self.fd)
 

@@ -783,7 +783,7 @@ class Keeper(Table):
         """Build the table afresh from a full scan of the records; returns its rows."""
         from .events import merge_state
         fresh = Keeper(self.layout, self.compact_min)
-        offsets, _ = merge_state(self.layout)
+        offsets = merge_state(self.layout)[0]
         for rec in scan(self.layout):
             fresh.put(rec["id"], rec["state"], rec.get("attempt", 1), rec)
         self.__dict__.update({k: v for k, v in fresh.__dict__.items()

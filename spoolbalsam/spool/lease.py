@@ -36,7 +36,8 @@ class LeaseWriter:
         self.seq = 0
         self.next_at = 0.0
 
-    def beat(self, now: float | None = None, force: bool = False, **update) -> None:
+    def beat(self, now: float | None = None, force: bool = False, **update) -> bool:
+        """Rewrite the lease if it is time (or ``force``/``update``); True if it was."""
         now = time.monotonic() if now is None else now
         self.info.update(update)
         if force or update or now >= self.next_at:
@@ -44,6 +45,8 @@ class LeaseWriter:
             fsio.write_json_atomic(self.path, {"seq": self.seq, "interval": self.interval,
                                                **self.info}, durable=False)
             self.next_at = now + self.interval
+            return True
+        return False
 
 
 def read_lease(path: Path) -> dict | None:

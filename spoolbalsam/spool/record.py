@@ -34,6 +34,9 @@ from ..transfer.items import check_job_transfers
 from .ids import new_id, valid_id
 
 HISTORY_MAX = 16
+MAX_DEPTH = 64          # lists and objects a job may nest (the site writes records nested
+                        # a few levels deeper, and orjson writes at most 254 levels)
+MAX_APP_NAME = 200      # bytes: apps/NAME.yml must be a legal file name
 
 
 class InvalidJob(ValueError):
@@ -135,8 +138,39 @@ def _any_json(v):
     return v
 
 
+def app_name_problem(v) -> str | None:
+    """Why ``v`` cannot name an app (``apps/NAME.yml``), or None."""
+    if not isinstance(v, str) or not v:
+        return "must be an app name"
+    if "/" in v or "\0" in v or v.startswith(".") or len(v.encode()) > MAX_APP_NAME:
+        return (f"{v[:60]!r}{'...' if len(v) > 60 else ''} is not an app name (apps/NAME.yml: "
+                f"no '/', no leading dot, at most {MAX_APP_NAME} bytes)")
+    return None
+
+
+def _app(v):
+    problem = app_name_problem(v)
+    if problem:
+        raise ValueError(problem)
+    return v
+
+
+def depth(obj) -> int:
+    """How deeply ``obj`` nests lists and objects (a scalar: 0), without recursion."""
+    deepest, stack = 0, [(obj, 1)]
+    while stack:
+        v, d = stack.pop()
+        if isinstance(v, dict):
+            v = v.values()
+        elif not isinstance(v, list):
+            continue
+        deepest = max(deepest, d)
+        stack.extend((x, d + 1) for x in v)
+    return deepest
+
+
 USER_FIELDS = {
-    "app": (None, lambda v: v if isinstance(v, str) and v else _bad("must be an app name")),
+    "app": (None, _app),
     "workdir": (None, normalize_workdir),
     "parameters": (dict, _params),
     "tags": (dict, _str_map),
@@ -170,6 +204,10 @@ def normalize(raw: object, source: str, *, default_id: str | None = None) -> dic
     """A complete record from user input, or ``InvalidJob`` naming the field."""
     if not isinstance(raw, dict):
         raise InvalidJob(source, None, f"a job must be a JSON object, got {type(raw).__name__}")
+    nesting = depth(raw)
+    if nesting > MAX_DEPTH:
+        raise InvalidJob(source, None, f"nests lists and objects {nesting} levels deep; a job "
+                         f"may nest at most {MAX_DEPTH}")
     rec: dict = {}
     for key, value in raw.items():
         key = ALIASES.get(key, key)

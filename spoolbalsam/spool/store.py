@@ -334,14 +334,23 @@ class Store:
                 limbo.mkdir(parents=True, exist_ok=True)
                 return self.move_rewrite(src, dst, record, limbo, batch)
             return False
+        try:
+            if batch is None:
+                fsio.write_json_atomic(dst, record)
+            else:
+                batch.add_json(dst, record)
+        except OSError:
+            # The new record could not be written (a full disk): we still hold the job's
+            # only name, so the old record goes back where it was and the caller sees the
+            # error.  Without this the job would wait in our limbo for a restart.
+            fsio.rename(held, src)
+            raise
         if batch is None:
-            fsio.write_json_atomic(dst, record)
             os.unlink(held)
             if self._into_ready(dst):
                 self.ring()
         else:
-            batch.add_json(dst, record)
-            batch.retire(held)
+            batch.hold(dst, held, src)
             if self._into_ready(dst):
                 batch.after_commit(self.ring, once="bell")
         return True
