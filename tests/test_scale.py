@@ -111,6 +111,39 @@ def test_taking_in_new_jobs_looks_into_no_launchers_directory(site, monkeypatch)
     assert sorted(ids_in(site, "waiting")) == [f"n{i:02d}" for i in range(1, 50, 2)]
 
 
+def test_a_parent_claimed_by_a_launcher_the_site_has_not_heard_of_costs_no_look_everywhere(
+        site, monkeypatch):
+    """A parent claimed moments ago (its RUNNING event not read yet) is in one of a thousand
+    running/L/ directories: its children's intake asks only whether it is done, failed or
+    before that (``Site.where``), in a few looks, and they wait for it."""
+    names = _several_launcher_dirs(site, 300)
+    lay = layout(site)
+    s = site_obj(site)
+    s.recover()
+    drop(site, "p0.json", job(workdir="n/p0"))
+    drop(site, "p1.json", job(workdir="n/p1"))
+    s.intake()
+    store = Store(lay)
+    assert store.claim(lay.job_path("ready", "p0"), names[150]) is not None
+    os.rename(store.claim(lay.job_path("ready", "p1"), names[151]), lay.job_path("done", "p1"))
+    looked: list[str] = []
+    real = Store.locate
+    monkeypatch.setattr(Store, "locate", lambda self, j, limbo=None, drops=True:
+                        looked.append(j) or real(self, j, limbo, drops))
+    stats: list[str] = []
+    real_exists = os.path.exists
+    monkeypatch.setattr(os.path, "exists", lambda p: stats.append(str(p)) or real_exists(p))
+    for i in range(20):
+        drop(site, f"c{i:02d}.json", job(workdir=f"n/c{i}", parent_ids=[f"p{i % 2}"]))
+    assert s.intake() == 20
+    assert looked == []
+    assert not [p for p in stats if "/jobs/running/" in p]
+    assert sorted(ids_in(site, "waiting")) == [f"c{i:02d}" for i in range(0, 20, 2)]
+    assert sorted(ids_in(site, "ready")) == [f"c{i:02d}" for i in range(1, 20, 2)]
+    assert s.where("p0") == "running" and s.where("p1") == "done" and s.where("c00") == "waiting"
+    assert s.where("never") is None
+
+
 def test_the_sites_locate_agrees_with_the_stores_wherever_a_job_is(site):
     lay = layout(site)
     s = site_obj(site)
@@ -133,6 +166,12 @@ def test_the_sites_locate_agrees_with_the_stores_wherever_a_job_is(site):
         assert s.locate(j) == store.locate(j), j
     assert s.locate("run1")[0] == "running" and s.locate("lim1")[0] == "done"
     assert s.locate("gone") is None and s.locate("never") is None
+    for j in ("w-par", "w1", "r1", "run1", "d1", "f1", "new1", "never"):
+        assert s.where(j) == store.where(j), j
+    assert s.where("lim1") in ("running", "done")      # between two directories
+    # unlinked by hand, no hint: between two directories for all it knows, until the
+    # backstop's exact look (settle_all_waiting)
+    assert s.where("gone") == "running" and s.locate("gone") is None
 
 
 # ---- launcher directories: only what changed ---------------------------------------------

@@ -383,3 +383,48 @@ def test_a_mover_never_takes_a_copy_held_in_someone_elses_limbo(tmp_path, monkey
     with pytest.raises(JobBusy):
         _remove(lay, j)
     assert held.exists() and not (lay.site_dir / "removed" / f"{j}.json").exists()
+
+
+def test_locate_finds_a_job_that_passes_through_a_limbo_during_its_look(tmp_path,
+                                                                       monkeypatch):
+    """A launcher that merges its verdicts moves a finished job running/L/ -> its limbo ->
+    done/ within one batch (two syncs: milliseconds, and a look over a thousand launchers
+    takes as long).  Both moves between any two of locate's looks never make the job look
+    gone: the site would reject the children of a parent that just finished."""
+    from spoolbalsam.spool.store import LIMBO_SEP
+    lay = Layout(tmp_path / "S")
+    lay.make()
+    (lay.running / "L1").mkdir()
+    limbo = lay.launchers / "L1" / "limbo"
+    limbo.mkdir(parents=True)
+    real_exists, real_list = os.path.exists, fsio.list_names
+    tried = 0
+    for j in range(1, 20):
+        for k in range(j, 20):
+            job_id = new_id()
+            src = lay.job_path("running", job_id, "L1")
+            held = limbo / f"{job_id}{LIMBO_SEP}done.json"
+            fsio.write_json_atomic(src, {"id": job_id})
+            looks = []
+
+            def look(got, looks=looks, j=j, k=k, src=src, held=held, job_id=job_id):
+                looks.append(1)
+                if len(looks) == j:
+                    fsio.rename(src, held)
+                if len(looks) == k:
+                    fsio.rename(held, lay.job_path("done", job_id))
+                return got
+            monkeypatch.setattr(os.path, "exists", lambda p: look(real_exists(p)))
+            monkeypatch.setattr(fsio, "list_names",
+                                lambda d, suffix=".json": look(real_list(d, suffix)))
+            try:
+                found = Store(lay).locate(job_id)
+            finally:
+                monkeypatch.setattr(os.path, "exists", real_exists)
+                monkeypatch.setattr(fsio, "list_names", real_list)
+            if len(looks) < k:
+                continue                 # the look ended before the second move
+            tried += 1
+            assert found is not None, f"moves after looks {j} and {k} of {len(looks)}: lost"
+            assert found[0] in ("running", "done")
+    assert tried > 20

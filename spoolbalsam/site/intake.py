@@ -129,8 +129,7 @@ def check_job(rec: dict, source: str, apps, store, machine, published: dict | No
             raise InvalidJob(source, "parent_ids", "a job cannot be its own parent")
         where = published.get(p)
         if where is None:
-            loc = store.locate(p, limbo)
-            where = loc[0] if loc else None
+            where = store.where(p, limbo)
         if where is None:
             raise InvalidJob(source, "parent_ids", f"parent {p} does not exist in this site")
         if where == "failed":

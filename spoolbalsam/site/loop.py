@@ -282,6 +282,41 @@ class Site:
                 return "running", Path(path)
         return self.store.locate(job_id, drops=False)   # taken in: not a new drop of its id
 
+    def where(self, job_id: str, held: dict | None = None) -> str | None:
+        """The state a job of this site is in, or None: ``locate`` without the path, in at
+        most seven looks however many launchers there are.
+
+        What the intake's parent checks and the merge ask is only whether a job is done,
+        failed, somewhere before that, or gone.  A job the index knows (not removed) that
+        is in none of the shared state directories is in a launcher's ``running/L/`` or in
+        a limbo on its way between two directories: "running" here.  Finding which
+        launcher holds it would take one look per launcher, and no caller needs it.
+
+        # race: the looks follow the order jobs move forward (waiting, stagein, ready,
+        # stageout, done, failed); a job that finished meanwhile is seen by a later look,
+        # one that went back to ready/ (a retry) may be called running, which only makes
+        # the caller wait for its verdict.  A job removed by hand is in the index as
+        # removed once its hint is read; until then it is called running, and the backstop
+        # (``settle_all_waiting``, an exact ``locate``) settles what waits on it.
+        """
+        if not self.index_checked:
+            return self.store.where(job_id, held)
+        r = self.index.row.get(job_id)
+        if r is None or self.index.state[r] == CODE[REMOVED]:
+            loc = self.locate(job_id, held)
+            return loc[0] if loc else None
+        exists, lay = os.path.exists, self.layout
+        launcher = self.running_at.get(job_id)
+        first = DIR_OF[self.index.state[r]]         # where the index says: mostly right
+        order = ("waiting", "stagein", "ready", "running", "stageout", "done", "failed")
+        for state in (first, *order[order.index(first):]) if first in order else order:
+            if state == "running":
+                if launcher is not None and exists(lay.job_file("running", job_id, launcher)):
+                    return "running"
+            elif exists(lay.job_file(state, job_id)):
+                return state
+        return "running"
+
     # ---- one iteration --------------------------------------------------------------------
     def tick(self, now: float | None = None) -> dict:
         now = time.monotonic() if now is None else now
@@ -600,13 +635,14 @@ class Site:
                 n += self._merge_final(job_id, evs, batch, settled)
                 continue
             # race: a file dropped into created/ under this job's id (a duplicate that the
-            # intake will reject) is what locate finds first; it says nothing about where
-            # the job is, so only ready/ or waiting/ (revoked) or nowhere (removed) count.
-            loc = self.locate(job_id)
-            if loc is None or loc[0] in ("ready", "waiting"):
+            # intake will reject) says nothing about where the job is, so only ready/ or
+            # waiting/ (revoked) or nowhere (removed) count; a job between two directories
+            # is "running" and waits for the next tick.
+            where = self.where(job_id)
+            if where is None or where in ("ready", "waiting"):
                 self.unsettled.pop(job_id)      # revoked or removed meanwhile
                 self.running_at.pop(job_id, None)
-            elif loc[0] in ("done", "failed", "stageout"):
+            elif where in ("done", "failed", "stageout"):
                 del self.unsettled[job_id]
                 n += self._merge_final(job_id, evs, batch, settled)
         return n
@@ -624,8 +660,7 @@ class Site:
             return
         pending = []
         for p in rec.get("parent_ids", ()):
-            loc = self.locate(p)
-            where = loc[0] if loc else None
+            where = self.where(p)
             if where == "failed" or where is None:
                 why = f"parent {p} failed" if where else f"parent {p} no longer exists"
                 new = transition(rec, S.FAILED, "site", why, error=why)

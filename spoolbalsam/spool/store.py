@@ -165,8 +165,7 @@ class Store:
         # seen by the later one: a parent renamed from running/L/ into done/ is not missed.
         # Jobs move backwards only into ready/ (a retry, a revoke, an unstarted claim
         # returned) and, on ``spool job retry``, stagein/; ready/ is looked at once more at
-        # the end.  Only two moves within one pass (microseconds) can hide a
-        # job.
+        # the end, and the states a limbo leads to once more after the limbos.
         """
         lay, exists = self.layout, os.path.exists
         p = lay.job_file("created", job_id)
@@ -195,7 +194,20 @@ class Store:
         if limbo is None:
             limbo = self.held_index()
         held = limbo.get(job_id)
+        if held is None:
+            # race: a job that went through a limbo while we looked (running/L/ -> limbo
+            # before our look into running/L/, limbo -> done/ after our look into done/ but
+            # before the limbo listing) is in its destination now: look there once more.
+            for state in ("stageout", "done", "failed", "ready"):
+                p = lay.job_file(state, job_id)
+                if exists(p):
+                    return state, Path(p)
         return held if drops or held is None or held[0] != "created" else None
+
+    def where(self, job_id: str, limbo: dict | None = None) -> str | None:
+        """The state directory a job is in (``locate``'s first half), or None."""
+        loc = self.locate(job_id, limbo)
+        return loc[0] if loc else None
 
     def limbo_dirs(self, launchers: bool = True) -> list[Path]:
         site = self.layout.site_dir
