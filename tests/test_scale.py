@@ -337,3 +337,58 @@ def test_a_job_published_just_before_a_kill9_of_the_site_keeps_its_id(site, tmp_
     assert record(site, "dup")["workdir"] == "dup/first"
     stop_site(site)
     assert index.verify(lay) == []
+
+
+def test_children_released_by_a_merge_are_published_after_a_crash_before_the_commit(
+        site, monkeypatch):
+    """A merge releases the children of the parents it finished under one batch: their
+    READY is synced to the site's event log, each goes into the site's limbo, then the
+    batch publishes them.  A site that dies before the commit (the batch never commits:
+    its temps and limbo copies stay, as after a kill -9) leaves the children in its limbo;
+    the next site's recovery publishes each in ready/ with READY applied."""
+    lay = layout(site)
+    s = site_obj(site)
+    s.recover()
+    drop(site, "par.json", job(workdir="rel/par"))
+    for k in ("k1", "k2"):
+        drop(site, f"{k}.json", job(workdir=f"rel/{k}", parent_ids=["par"]))
+    s.intake()
+    assert locate(site, "k1") == "waiting" and locate(site, "k2") == "waiting"
+    # a launcher L1 ran the parent: its events, then its rename into done/
+    store = Store(lay)
+    running = store.claim(lay.job_path("ready", "par"), "L1")
+    events = lay.launcher_dir("L1") / "events.jsonl"
+    events.parent.mkdir(parents=True, exist_ok=True)
+    now = time.time()
+    events.write_text("".join(f'{{"t": {now + i}, "job": "par", "attempt": 1, "to": "{to}", '
+                              f'"by": "L1"{extra}}}\n' for i, (to, extra) in enumerate(
+                                  [("RUNNING", ""), ("RUN_DONE", ', "return_code": 0'),
+                                   ("JOB_FINISHED", "")])))
+    os.rename(running, lay.job_path("done", "par"))
+
+    class Crash(BaseException):
+        pass
+    real_commit = fsio.Batch.commit
+
+    def commit(batch):
+        if any("/jobs/ready/" in str(p) for p in batch.held):
+            raise Crash()                   # the site dies here: nothing after runs
+        return real_commit(batch)
+    monkeypatch.setattr(fsio.Batch, "commit", commit)
+    with pytest.raises(Crash):
+        s.merge()
+    monkeypatch.setattr(fsio.Batch, "commit", real_commit)
+    assert not os.path.exists(lay.job_path("waiting", "k1"))
+    assert not os.path.exists(lay.job_path("ready", "k1"))
+    assert sorted(n.split("@")[0] for n in os.listdir(lay.site_dir / "limbo")) == ["k1", "k2"]
+
+    s2 = site_obj(site)                      # the restarted site
+    s2.recover()
+    for k in ("k1", "k2"):
+        assert locate(site, k) == "ready"
+        rec = record(site, k)
+        assert rec["state"] == "READY"
+        assert ("READY", "all parents finished") in [(h["to"], h.get("msg"))
+                                                      for h in rec["history"]]
+    assert os.listdir(lay.site_dir / "limbo") == []
+    assert index.verify(lay) == []

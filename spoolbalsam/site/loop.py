@@ -568,11 +568,16 @@ class Site:
         batch.commit()
         if changed:
             save_merge_state(self.layout, self.offsets, self.unsettled, self.held)
+        released: dict[str, tuple[Path, dict]] = {}
         for job_id, where in settled:
             if where == "stageout":
                 self.staging.noticed(job_id, where)    # children wait for its stage-out
+            elif where == "done":
+                self._release_children(job_id, released)
             else:
-                (self._release_children if where == "done" else self._fail_children)(job_id)
+                self._fail_children(job_id)
+        if released:
+            self._publish_released(released)
         return merged
 
     def _drop_stale_held(self) -> None:
@@ -647,12 +652,49 @@ class Site:
                 n += self._merge_final(job_id, evs, batch, settled)
         return n
 
-    def _release_children(self, parent: str) -> None:
+    def _release_children(self, parent: str, released: dict | None = None) -> None:
         for child in self.children.pop(parent, ()):
-            self._settle_waiting(child)
+            self._settle_waiting(child, released)
 
-    def _settle_waiting(self, child: str) -> None:
-        """Move a waiting job on if its parents allow: all done -> ready, one failed -> failed."""
+    def _publish_released(self, released: dict[str, tuple[Path, dict]]) -> None:
+        """Move the children a merge released from ``waiting/`` on, all under one
+        ``fsio.Batch`` (two syncs for all of them, not a durable write each).
+
+        Their READY events are in the site's event log, synced, before the first of them
+        goes into the site's limbo: a crash before the batch's commit leaves them there,
+        and the recovery (``Store.finish_limbo``) publishes each with its READY applied.
+        A batch that cannot commit (a full disk) puts every child back into ``waiting/``
+        and under its parents again; they are released on a later look (``settle_all_waiting``).
+        """
+        self.events.flush()
+        batch = fsio.Batch(self.layout.jobs, self.spares)
+        moved = []
+        try:
+            for child, (path, new) in released.items():
+                self._make_workdir(new)
+                dest = first_dir(new)
+                if self.store.move_rewrite(path, self.layout.job_path(dest, child), new,
+                                           self.limbo, batch):
+                    moved.append((child, dest, new))
+            batch.commit()
+        except OSError:
+            batch.abort()
+            for child, (_, new) in released.items():
+                for p in new.get("parent_ids", ()):
+                    self.children.setdefault(p, set()).add(child)
+            raise
+        for child, dest, new in moved:
+            self.index.moved(child, S.fine_state(dest, S.READY), new.get("attempt", 1))
+            self.staging.noticed(child, dest)
+
+    def _settle_waiting(self, child: str, released: dict | None = None) -> None:
+        """Move a waiting job on if its parents allow: all done -> ready, one failed -> failed.
+
+        With ``released`` (a merge releasing the children of finished parents), a child
+        bound for ready/ is only noted there, its READY logged, and moved with the others
+        (``_publish_released``)."""
+        if released is not None and child in released:
+            return                       # a child of two parents done in the same merge
         path = self.layout.job_path("waiting", child)
         try:
             rec = fsio.read_json(path)
@@ -673,6 +715,9 @@ class Site:
         if pending:
             for p in pending:
                 self.children.setdefault(p, set()).add(child)
+            return
+        if released is not None:
+            released[child] = (path, self.emit(rec, S.READY, msg="all parents finished"))
             return
         new = transition(rec, S.READY, "site", "all parents finished")
         self._make_workdir(new)
