@@ -11,7 +11,9 @@ One ``tick()`` does, in order:
    stops the site.
 2. **merge** — the new lines of each launcher's event log are merged into the records in
    ``done/`` and ``failed/`` (grouped under two syncs), and children whose parents are all
-   done move to ``ready/``; children of a failed parent fail, naming it.  A log is opened
+   done move to ``ready/``, all of a merge's under one more batch (their READY synced to
+   the site's event log first, so a crash mid-batch is finished from the limbo as READY);
+   children of a failed parent fail, naming it.  A log is opened
    only when it has grown past what was read (one ``stat`` per launcher and tick).  A final
    event marked ``merged`` (``events.MERGED``: its launcher published the record with the
    verdict in it, ``launcher.merge_verdicts``) needs no rewrite: one look that the record is
@@ -36,8 +38,9 @@ API processes leave) goes into the query index (``spool.index``), one log line p
 slice of the index is checked against the directories every few seconds.
 
 Finding a job (an id the intake must check is new, a parent, a verdict waiting for its
-rename) goes through the query index (``Site.locate``): one or two looks, however many
-launchers there are, where ``Store.locate`` looks into every launcher's ``running/``.  So
+rename) goes through the query index (``Site.locate``; ``Site.where`` when only the state
+matters): a few looks, however many launchers there are, where ``Store.locate`` looks
+into every launcher's ``running/``.  So
 the index must know every job in a state directory before the first intake: ``recover()``
 checks it against the directories first.
 
