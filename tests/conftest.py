@@ -15,9 +15,17 @@ Helpers (``wait_for`` and friends) live in ``tests/helpers.py``.
 """
 from __future__ import annotations
 
+import signal
+
 import pytest
 
 from helpers import make_site, reap_site_processes, start_site, stop_site
+
+# A suite started in the background of a non-interactive shell (`./run-tests.sh &`) has
+# SIGINT ignored, and every process it starts would inherit that; the tests that press
+# Ctrl-C on a command need the default, which a handler here gives its children.
+if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 @pytest.fixture
