@@ -43,7 +43,7 @@ import threading
 import time
 from pathlib import Path
 
-from ..spool.fsio import sync_filesystem
+from ..spool.fsio import fsync_dir, sync_filesystem
 from .base import PERMANENT, TRANSIENT, Backend, BackendError, Move, Outcome, TaskStatus
 
 log = logging.getLogger("spoolbalsam.transfer")
@@ -177,10 +177,10 @@ def place(mv: Move, method: str, bwlimit: float | None = None,
             for name in sorted(os.listdir(tmp)):
                 _replace(tmp / name, dst / name)
             os.rmdir(tmp)
-            _fsync_dir(dst)
+            fsync_dir(dst)
         else:
             _replace(tmp, dst)
-        _fsync_dir(dst.parent)
+        fsync_dir(dst.parent)
     except BaseException:
         _remove(tmp)
         raise
@@ -221,14 +221,6 @@ def _remove(path: Path) -> None:
             path.unlink()
     except FileNotFoundError:
         pass
-
-
-def _fsync_dir(d: Path) -> None:
-    fd = os.open(d, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _copy_file(src: Path, dst: Path, method: str, bwlimit: float | None,
