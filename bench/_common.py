@@ -11,7 +11,9 @@ import signal
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -73,6 +75,20 @@ def rmtree(path: Path) -> None:
         subprocess.run(["rm", "-rf", "--", str(path)], check=False)
     if path.exists():
         shutil.rmtree(path, ignore_errors=True)
+
+
+@contextmanager
+def scratch(prefix: str, where: str | None, keep: bool):
+    """A fresh temp directory for one benchmark run (under ``where``, default the system
+    temp dir); removed afterwards unless ``keep``, when its path is printed."""
+    top = Path(tempfile.mkdtemp(prefix=prefix, dir=where))
+    try:
+        yield top
+    finally:
+        if keep:
+            print(f"# kept {top}")
+        else:
+            rmtree(top)
 
 
 def rmtree_parallel(path: Path, procs: int | None = None) -> None:

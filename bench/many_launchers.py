@@ -29,7 +29,6 @@ from __future__ import annotations
 import argparse
 import resource
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -119,9 +118,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"# many_launchers: N={a.n}, {a.slots} slots per launcher, launchers {counts}, "
           f"settings {settings or 'default'}; {C.machine_line()}")
     C.byte_compile()
-    top = Path(tempfile.mkdtemp(prefix="spool-many-", dir=a.dir))
     results = []
-    try:
+    with C.scratch("spool-many-", a.dir, a.keep) as top:
         for k in counts:
             tmp = top / f"K{k}"
             tmp.mkdir()
@@ -133,11 +131,6 @@ def main(argv: list[str] | None = None) -> int:
                   + f" ({r['leases']} leases); intake {r['intake']:.1f} s", flush=True)
             if not a.keep:
                 C.rmtree(tmp)
-    finally:
-        if a.keep:
-            print(f"# kept {top}")
-        else:
-            C.rmtree(top)
     base = next((r for r in results if r["k"] == 1 and r.get("done")), None)
     print("\n# per K: jobs/s (ratio to 1 launcher); per 1,000 jobs: lost claims, gone "
           "candidates, empty passes, listings; CPU ms per job: launchers+starters+jobs, site")

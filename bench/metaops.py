@@ -43,7 +43,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 from collections import Counter, defaultdict
 from pathlib import Path
@@ -327,14 +326,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"# metaops: W1 /bin/true, N={a.n}, 2 slots, under strace, settings "
           f"{settings or 'default'}; {C.machine_line()}")
     C.byte_compile()
-    top = Path(tempfile.mkdtemp(prefix="spool-metaops-", dir=a.dir))
-    try:
+    with C.scratch("spool-metaops-", a.dir, a.keep) as top:
         counts, info = run(a.n, top, a.timeout, settings)
-    finally:
-        if a.keep:
-            print(f"# kept {top}")
-        else:
-            C.rmtree(top)
     print(f"# run: {info.get('wall', 0):.1f} s under strace ({info.get('traced_sec', 0):.1f} s "
           f"counted), not done {info.get('not_done')}, unmerged {info.get('unmerged')}")
     per_job = table("on the site's filesystem, naming one job (records, drops, limbo, "

@@ -49,7 +49,6 @@ import random
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -386,9 +385,8 @@ def main(argv: list[str] | None = None) -> int:
           f"settings={settings or 'default'}; "
           f"{C.machine_line()}")
     C.byte_compile()
-    top = Path(tempfile.mkdtemp(prefix="spool-ceiling-", dir=a.dir))
     results: dict[int, list[dict]] = {k: [] for k in counts}
-    try:
+    with C.scratch("spool-ceiling-", a.dir, a.keep) as top:
         for rep in range(a.reps):
             for k in counts:
                 tmp = top / f"rep{rep + 1}-L{k}"
@@ -416,11 +414,6 @@ def main(argv: list[str] | None = None) -> int:
                     print_profile(prof, a.profile)
                 if not a.keep:
                     C.rmtree(tmp)
-    finally:
-        if a.keep:
-            print(f"# kept {top}")
-        else:
-            C.rmtree(top)
     print(f"\n# summary: median (min–max) of {a.reps}; N={a.n}, deps={a.deps}, "
           f"merged={a.merged}, drops={a.drops}")
     for k in counts:

@@ -186,3 +186,16 @@ def ended_early(root: Path) -> dict[str, set[int]]:
                 # sent back after its run (a killed hook): the event names the new attempt
                 out.setdefault(ev["job"], set()).add(ev.get("attempt", 2) - 1)
     return out
+
+
+def all_finished(lay: Layout, ids, rc_zero: bool = False) -> bool:
+    """Every job of ``ids`` in ``done/`` as JOB_FINISHED (with return code 0 if
+    ``rc_zero``): merged, not only renamed there."""
+    for j in ids:
+        try:
+            rec = read_job(lay.job_path("done", j), "done", retry=False)
+        except (FileNotFoundError, ValueError):
+            return False
+        if rec.get("state") != "JOB_FINISHED" or (rc_zero and rec.get("return_code") != 0):
+            return False
+    return True

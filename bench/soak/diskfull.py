@@ -163,7 +163,7 @@ def run(scratch: Path, jobs: int, seed: int = 1, budget_sec: float | None = None
                 if not sp.live_launchers():
                     restarts["launcher"] += 1
                     sp.start_launcher()
-                if len(submitted) >= jobs and _all_done(lay, submitted):
+                if len(submitted) >= jobs and check.all_finished(lay, submitted, rc_zero=True):
                     break
             time.sleep(0.02)
         else:
@@ -216,14 +216,3 @@ def _submitted_prefix(message: str, part: list[dict]) -> list[str]:
     if not m:
         return []
     return [j["id"] for j in part[: int(m.group(1)) + 1]]
-
-
-def _all_done(lay: Layout, ids: list[str]) -> bool:
-    for j in ids:
-        try:
-            rec = read_job(lay.job_path("done", j), "done", retry=False)
-        except (FileNotFoundError, ValueError):
-            return False
-        if rec.get("state") != "JOB_FINISHED" or rec.get("return_code") != 0:
-            return False
-    return True

@@ -33,7 +33,6 @@ import procs
 from kills import Result
 from spoolbalsam.spool.layout import Layout
 from spoolbalsam.spool.record import InvalidJob, normalize
-from spoolbalsam.spool.store import read_job
 
 VALID_EVERY = 10
 SEED = "seed0"             # a job taken in before the fuzzing: the duplicate ids name it
@@ -304,14 +303,7 @@ def run(scratch: Path, n: int, seed: int = 1, budget_sec: float | None = None,
                 return False
             if not sp.live_launchers():
                 sp.start_launcher()
-            for j in valid:
-                try:
-                    rec = read_job(lay.job_path("done", j), "done", retry=False)
-                except (FileNotFoundError, ValueError):
-                    return False
-                if rec.get("state") != "JOB_FINISHED":
-                    return False
-            return True
+            return check.all_finished(lay, valid)
         while not settled() and time.monotonic() < deadline:
             if sp.site_pid() != site_pid:
                 break

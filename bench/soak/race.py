@@ -85,9 +85,9 @@ def run(scratch: Path, launchers: int, jobs: int, budget_sec: float | None = Non
         rcs = [p.returncode for p in sp.launchers]
         if any(rc not in (0, None) for rc in rcs):
             res.problems.append(f"launcher exit codes {rcs}")
-        # the site merges the last verdicts
+        # the site merges the last verdicts (the last jobs are the last merged)
         procs.wait_for(lambda: not check.check_site(root, {}, final=False)
-                       and _all_merged(root, ids), 60, 0.5)
+                       and check.all_finished(Layout(root), ids[-200:]), 60, 0.5)
         problems = check.check_site(root, set(ids), final=True)
         bad_jobs = {p.split()[1] for p in problems if p.startswith("job ")}
         res.problems += problems
@@ -115,16 +115,3 @@ def run(scratch: Path, launchers: int, jobs: int, budget_sec: float | None = Non
         shutil.rmtree(ledger_dir, ignore_errors=True)
     res.seconds = time.monotonic() - t0
     return res
-
-
-def _all_merged(root: Path, ids: list[str]) -> bool:
-    from spoolbalsam.spool.store import read_job
-    lay = Layout(root)
-    for j in ids[-200:]:          # the last jobs are the last merged
-        try:
-            rec = read_job(lay.job_path("done", j), "done", retry=False)
-        except (FileNotFoundError, ValueError):
-            return False
-        if rec.get("state") != "JOB_FINISHED":
-            return False
-    return True
